@@ -1,0 +1,131 @@
+"""Fashion-MNIST, read and verified by torchvision, then kept in memory as one tensor per split."""
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+from torchvision.datasets.utils import check_integrity
+
+from task1 import Task1Error
+from task1.data.loader import InMemoryDataModule
+
+LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MD5 = dict(datasets.FashionMNIST.resources)  # "train-images-idx3-ubyte.gz" -> md5
+
+
+def text_labels(labels) -> list[str]:
+    """The text label of each class index (d2l's `get_fashion_mnist_labels`)."""
+    return [LABELS[int(i)] for i in labels]
+
+
+def _missing_message(raw: Path) -> str:
+    names = ", ".join(f"{n}.gz" for n in FILES)
+    return (f"Fashion-MNIST is not in {raw}/: expected the four files {names} (gzipped or not). Copy them there "
+            f"(mkdir -p {raw} && cp <folder with the files>/*.gz {raw}/), set data.download=true on a machine "
+            f"that can reach the internet, or point data.root at the folder that holds FashionMNIST/raw/.")
+
+
+def prepare_files(root: str | os.PathLike, download: bool) -> Path:
+    """Make the four unzipped IDX files exist in root/FashionMNIST/raw; return that folder.
+
+    Gzipped files are checked against torchvision's MD5s before they are unzipped, so a damaged copy is
+    named instead of surfacing later as garbage.
+    """
+    raw = Path(root) / "FashionMNIST" / "raw"
+    todo = [n for n in FILES if not (raw / n).is_file()]
+    for name in todo:
+        gz = raw / f"{name}.gz"
+        if not gz.is_file():
+            continue
+        if not check_integrity(str(gz), MD5[gz.name]):
+            raise Task1Error(f"{gz} is corrupt or truncated (its MD5 is not {MD5[gz.name]}): delete it and copy "
+                             f"or download it again.")
+        with gzip.open(gz, "rb") as src:
+            data = src.read()
+        tmp = raw / f"{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(raw / name)  # atomic: an interrupted unzip never leaves a half file under the real name
+    if all((raw / n).is_file() for n in FILES):
+        return raw
+    if not download:
+        raise Task1Error(_missing_message(raw))
+    try:
+        datasets.FashionMNIST(str(root), train=True, download=True)
+    except Exception as e:  # offline, proxy, mirror down: all end the same way for the user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Task1Error(f"Downloading Fashion-MNIST failed ({first}). {_missing_message(raw)}") from None
+    return raw
+
+
+def _check_idx(path: Path, magic: int) -> int:
+    """Check an IDX file's header and length against each other; return its number of examples."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(16 if magic == 2051 else 8)
+    if len(header) < 8 or struct.unpack(">I", header[:4])[0] != magic:
+        found = struct.unpack(">I", header[:4])[0] if len(header) >= 4 else "none"
+        raise Task1Error(f"{path} is not an IDX {'image' if magic == 2051 else 'label'} file (magic number "
+                         f"{found}, expected {magic}): replace it with the original Fashion-MNIST file.")
+    n = struct.unpack(">I", header[4:8])[0]
+    expected = 16 + n * 28 * 28 if magic == 2051 else 8 + n
+    if magic == 2051 and (len(header) < 16 or struct.unpack(">II", header[8:16]) != (28, 28)):
+        raise Task1Error(f"{path} does not hold 28x28 images: replace it with the original Fashion-MNIST file.")
+    if size != expected:
+        raise Task1Error(f"{path} is truncated or corrupt: its header announces {n} examples ({expected} bytes) "
+                         f"but the file has {size} bytes. Delete it and copy or download it again.")
+    return n
+
+
+def read_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split through torchvision as (X, y): X float32 in [0, 1], (n, 1, 28, 28); y int64, (n,)."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    prefix = "train" if train else "t10k"
+    images, labels = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+    for path in (images, labels):
+        if not path.is_file():
+            raise Task1Error(_missing_message(raw))
+    n_images, n_labels = _check_idx(images, 2051), _check_idx(labels, 2049)
+    if n_images != n_labels:
+        raise Task1Error(f"{images} holds {n_images} images but {labels} holds {n_labels} labels: the two files "
+                         f"do not belong together. Copy both again from the same release.")
+    ds = datasets.FashionMNIST(str(root), train=train, download=False)
+    if ds.targets.numel() and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9:
+        raise Task1Error(f"{labels} holds labels outside 0-9: replace it with the original Fashion-MNIST file.")
+    # ToTensor's scaling (pixels / 255, no normalisation), done once for the whole split
+    return ds.data.unsqueeze(1).float().div_(255), ds.targets.long()
+
+
+class FashionMNIST(InMemoryDataModule):
+    """Fashion-MNIST: 60k training and 10k test images of ten kinds of clothing, 28x28 grey.
+
+    `val_size` examples are held out of the 60k training images with a seeded split; `val_size=0`
+    validates on the official test split, as the book does. The test split is never trained on.
+    """
+
+    labels = LABELS
+
+    def __init__(self, root: str = "data", batch_size: int = 256, val_size: int = 0,
+                 eval_batch_size: int = 10_000, download: bool = True, split_seed: int = 0,
+                 seed: int | None = None, on_device: bool = True):
+        super().__init__(batch_size, eval_batch_size, seed, on_device)
+        self.root, self.download, self.val_size, self.split_seed = root, download, val_size, split_seed
+
+    def prepare_data(self) -> None:
+        prepare_files(self.root, self.download)
+
+    def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        prepare_files(self.root, self.download)  # cheap when done; makes setup() alone enough outside a Trainer
+        X, y = read_split(self.root, train=True)
+        test = read_split(self.root, train=False)
+        if not 0 <= self.val_size < len(X):
+            raise Task1Error(f"data.val_size={self.val_size} but the training set has {len(X)} examples: "
+                             f"choose 0 (validate on the test split) up to {len(X) - 1}.")
+        if self.val_size == 0:
+            return {"train": (X, y), "val": test, "test": test}
+        perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.split_seed))
+        val, fit = perm[:self.val_size], perm[self.val_size:]
+        return {"train": (X[fit], y[fit]), "val": (X[val], y[val]), "test": test}

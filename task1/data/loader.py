@@ -1,0 +1,98 @@
+"""Mini-batches as slices of tensors already in memory (nanoGPT's "prepare once, then index")."""
+
+import lightning as L
+import torch
+
+
+class TensorLoader:
+    """Iterates (X, y) batches of in-memory tensors; a drop-in for a DataLoader without per-item work.
+
+    Shuffling draws a fresh permutation each epoch from `seed + epoch`, so the order of any epoch can be
+    recreated (a resumed run sees the batches an uninterrupted one would). Under data parallelism, each of
+    `world_size` ranks takes every `world_size`-th example of that permutation: disjoint shards.
+    """
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+        if len(X) != len(y):
+            raise ValueError(f"{len(X)} inputs but {len(y)} labels")
+        self.X, self.y = X, y
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # Lightning calls `dataloader.sampler.set_epoch(epoch)` before every epoch (its hook for DistributedSampler):
+    # being our own sampler is how we hear of it. No batch_sampler: batches are slices, not lists of indices.
+    batch_sampler = None
+
+    @property
+    def sampler(self) -> "TensorLoader":
+        return self
+
+    def _num_examples(self) -> int:
+        n = len(self.X)
+        if self.world_size == 1:
+            return n
+        if self.shuffle:  # training: equal shards, or ranks would disagree on the number of optimizer steps
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        return -(-self._num_examples() // self.batch_size)
+
+    def __iter__(self):
+        n, bs = self._num_examples(), self.batch_size
+        if not self.shuffle and self.world_size == 1:
+            for i in range(0, n, bs):  # views, no copy
+                yield self.X[i:i + bs], self.y[i:i + bs]
+            return
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            idx = torch.randperm(len(self.X), generator=g)
+        else:
+            idx = torch.arange(len(self.X))
+        idx = idx[self.rank::self.world_size][:n].to(self.X.device)
+        for i in range(0, n, bs):
+            j = idx[i:i + bs]
+            yield self.X[j], self.y[j]
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """A LightningDataModule whose splits are (X, y) tensor pairs, loaded once in `setup` by `load()`."""
+
+    def __init__(self, batch_size: int, eval_batch_size: int, seed: int | None, on_device: bool = True):
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.seed, self.on_device = seed, on_device
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Return the "train", "val" and "test" splits as (X, y) pairs."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = self.load()
+            # drawn once, after seeding, so a seeded run shuffles the same way every time
+            self.shuffle_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31, ()))
+        if self.on_device and self.trainer is not None:  # batches then need no host-to-device copy
+            device = self.trainer.strategy.root_device
+            self.splits = {k: (X.to(device), y.to(device)) for k, (X, y) in self.splits.items()}
+
+    def _loader(self, split: str) -> TensorLoader:
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        train = split == "train"
+        return TensorLoader(*self.splits[split], self.batch_size if train else self.eval_batch_size,
+                            shuffle=train, seed=self.shuffle_seed, rank=rank, world_size=world_size)
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test")

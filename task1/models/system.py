@@ -1,0 +1,144 @@
+"""The LightningModule ("system") that trains any of the nets: one loop for all models and impls."""
+
+import logging
+import time
+from functools import partial
+
+import lightning as L
+import torch
+from torch import nn
+
+log = logging.getLogger("task1")
+
+
+class System(L.LightningModule):
+    """Trains `net` on `loss` with an optimizer and an optional learning-rate scheduler.
+
+    `optimizer` and `scheduler` are callables still missing their first argument (Hydra `_partial_` configs):
+    `optimizer(params)` and `scheduler(optimizer)`. A scheduler keyword `T_max` or `total_steps` left as
+    None is filled with the number of scheduler steps in the whole run.
+
+    Metrics are exact per-epoch means over examples: the step accumulates sums (no host sync), the epoch end
+    divides, after summing over processes when there are several.
+    """
+
+    def __init__(self, net: nn.Module, loss, optimizer, scheduler=None, loss_reduction: str = "mean",
+                 task: str = "classification", scheduler_interval: str = "epoch", scheduler_frequency: int = 1):
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task={task!r}: expected classification or regression")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler interval={scheduler_interval!r}: expected epoch or step")
+        self.net, self.loss = net, loss
+        self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
+        self.loss_reduction, self.task = loss_reduction, task
+        self.scheduler_interval, self.scheduler_frequency = scheduler_interval, scheduler_frequency
+        self.history: list[dict] = []  # one dict of metrics per finished epoch
+        self._sums: dict[str, torch.Tensor] = {}
+        self._last: dict[str, dict] = {}
+
+    @property
+    def classify(self) -> bool:
+        return self.task == "classification"
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """The metric that picks the best checkpoint, and whether higher is better."""
+        return ("val/acc", "max") if self.classify else ("val/loss", "min")
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return self.net(X)
+
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        X, y = batch
+        y_hat = self.net(X)
+        loss = self.loss(y_hat, y, reduction=self.loss_reduction)
+        n = len(y)
+        loss_sum = loss.detach() * n if self.loss_reduction == "mean" else loss.detach()
+        correct = (y_hat.argmax(dim=1) == y).sum() if self.classify else torch.zeros((), device=y.device)
+        # [sum of per-example losses, correct predictions, examples]
+        update = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=y.device)])
+        self._sums[stage] = self._sums[stage] + update if stage in self._sums else update
+        return loss
+
+    def _epoch_metrics(self, stage: str) -> dict[str, float]:
+        sums = self._sums.pop(stage, None)
+        if sums is None:
+            return {}
+        loss_sum, correct, n = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        metrics = {f"{stage}/loss": loss_sum / n}
+        if self.classify:
+            metrics[f"{stage}/acc"] = correct / n
+        self._last[stage] = metrics
+        return metrics
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        every = self.trainer.log_every_n_steps
+        if self.loggers and every and self.global_step % every == 0:
+            # straight to the loggers: Lightning's self.log costs ~0.6 ms a call, every step
+            step_metrics = {"train/loss_step": loss.item(), "train/lr_step": self._lr()}
+            for logger in self.loggers:
+                logger.log_metrics(step_metrics, step=self.global_step)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self._sums.pop("train", None)
+        self._epoch_start = time.perf_counter()
+        self._epoch_lr = self._lr()  # epoch-interval schedulers step before on_train_epoch_end: keep this one
+
+    def on_validation_epoch_start(self) -> None:
+        self._sums.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._sums.pop("test", None)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.log_dict(self._epoch_metrics("val"))
+        self._sums.pop("val", None)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self._epoch_metrics("test"))
+
+    def on_train_epoch_end(self) -> None:
+        metrics = {**self._epoch_metrics("train"), "train/lr": self._epoch_lr}
+        self.log_dict(metrics)
+        record = {"epoch": self.current_epoch, **metrics, **self._last.pop("val", {})}
+        if hasattr(self.net, "get_w_b"):
+            w, b = self.net.get_w_b()
+            record.update(w=w.tolist(), b=b.reshape(-1).tolist())
+        self.history.append(record)
+        if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+            seconds = time.perf_counter() - self._epoch_start
+            log.info(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}  {shown}  ({seconds:.1f} s)")
+
+    def _lr(self) -> float:
+        return float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = checkpoint.get("history", [])
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_fn(self.parameters())
+        if self.scheduler_fn is None:
+            return optimizer
+        fn = self.scheduler_fn
+        unset = [k for k, v in getattr(fn, "keywords", {}).items() if k in ("T_max", "total_steps") and v is None]
+        if unset:
+            per_run = (self.trainer.estimated_stepping_batches if self.scheduler_interval == "step"
+                       else self.trainer.max_epochs)
+            fn = partial(fn, **{k: max(1, int(per_run) // self.scheduler_frequency) for k in unset})
+        scheduler = {"scheduler": fn(optimizer), "interval": self.scheduler_interval,
+                     "frequency": self.scheduler_frequency}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
