@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
@@ -21,6 +22,9 @@ from task1 import Task1Error
 from task1.models import System
 
 log = logging.getLogger("task1")
+# Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,0 +1,172 @@
+"""Fashion-MNIST through the real torchvision reader on generated IDX files; the in-memory loader; data errors."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import N_TEST, N_TRAIN, make_fashion_mnist, make_images, run_cli, write_idx
+from torchvision import datasets
+
+from task1 import Task1Error
+from task1.data import LABELS, FashionMNIST, SyntheticRegression, TensorLoader, synthetic_data, text_labels
+
+
+def loaded(root, **kwargs) -> FashionMNIST:
+    dm = FashionMNIST(root=str(root), download=False, **kwargs)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def test_splits_are_whole_tensors_scaled_like_to_tensor(fake_root):
+    dm = loaded(fake_root)
+    X, y = dm.splits["train"]
+    assert X.shape == (N_TRAIN, 1, 28, 28) and X.dtype == torch.float32 and y.dtype == torch.int64
+    images, labels = make_images(N_TRAIN, 0)
+    torch.testing.assert_close(X[:, 0], torch.from_numpy(images).float() / 255)  # ToTensor: pixels / 255
+    assert torch.equal(y, torch.from_numpy(labels).long())
+    assert dm.splits["val"][0] is dm.splits["test"][0]  # val_size=0: validate on the official test split
+    assert len(dm.splits["test"][0]) == N_TEST
+
+
+def test_val_split_is_seeded_disjoint_and_never_touches_the_test_split(fake_root):
+    a, b = loaded(fake_root, val_size=100), loaded(fake_root, val_size=100)
+    assert torch.equal(a.splits["val"][0], b.splits["val"][0])
+    assert len(a.splits["train"][0]) == N_TRAIN - 100 and len(a.splits["val"][0]) == 100
+    train_rows = {tuple(r.flatten().tolist()[:60]) for r in a.splits["train"][0]}
+    assert not any(tuple(r.flatten().tolist()[:60]) in train_rows for r in a.splits["val"][0])
+    test_images, _ = make_images(N_TEST, 1)
+    torch.testing.assert_close(a.splits["test"][0][:, 0], torch.from_numpy(test_images).float() / 255)
+    other = loaded(fake_root, val_size=100, split_seed=1)
+    assert not torch.equal(other.splits["val"][0], a.splits["val"][0])
+
+
+def test_gzipped_files_are_verified_and_unzipped(tmp_path):
+    """With the original .gz files only, torchvision's MD5s guard the unzip; generated files fail them by name."""
+    root = make_fashion_mnist(tmp_path, compress=True)
+    with pytest.raises(Task1Error, match=r"train-images-idx3-ubyte\.gz is corrupt.*MD5"):
+        loaded(root)
+
+
+def test_real_gz_files_are_verified_unzipped_and_loaded(real_root, tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for gz in (real_root / "FashionMNIST" / "raw").glob("*.gz"):
+        shutil.copy(gz, raw)
+    if len(list(raw.glob("*.gz"))) < 4:
+        pytest.skip("the real files are unzipped only")
+    dm = loaded(tmp_path)
+    X, y = dm.splits["test"]
+    assert X.shape == (10_000, 1, 28, 28) and torch.bincount(y).tolist() == [1000] * 10
+    assert (raw / "t10k-images-idx3-ubyte").is_file()
+    damaged = raw / "t10k-labels-idx1-ubyte.gz"
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(Task1Error, match=r"t10k-labels-idx1-ubyte\.gz is corrupt or truncated"):
+        loaded(tmp_path)
+
+
+def test_real_data_set(real_root):
+    dm = loaded(real_root)
+    X, y = dm.splits["train"]
+    assert X.shape == (60_000, 1, 28, 28) and torch.bincount(y).tolist() == [6000] * 10
+    assert X.mean().item() == pytest.approx(0.2860, abs=1e-4) and X.std().item() == pytest.approx(0.3530, abs=1e-4)
+    assert len(dm.splits["test"][0]) == 10_000
+
+
+def test_ten_text_labels():
+    assert LABELS == ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                      "ankle boot")
+    assert text_labels(torch.tensor([0, 9, 5])) == ["t-shirt", "ankle boot", "sandal"]
+    assert len(datasets.FashionMNIST.classes) == len(LABELS)
+
+
+def test_loader_shuffles_per_epoch_reproducibly_and_covers_every_example():
+    X, y = torch.arange(100).float().reshape(100, 1), torch.arange(100)
+    loader = TensorLoader(X, y, batch_size=32, shuffle=True, seed=7)
+    assert len(loader) == 4  # the last, short batch is kept
+    epoch0 = torch.cat([b for _, b in loader])
+    loader.set_epoch(1)
+    epoch1 = torch.cat([b for _, b in loader])
+    assert sorted(epoch0.tolist()) == list(range(100)) == sorted(epoch1.tolist())
+    assert not torch.equal(epoch0, epoch1)
+    loader.set_epoch(0)
+    assert torch.equal(torch.cat([b for _, b in loader]), epoch0)
+    assert torch.equal(torch.cat([b for _, b in TensorLoader(X, y, 32, shuffle=True, seed=7)]), epoch0)
+
+
+def test_evaluation_loader_keeps_order_and_last_batch():
+    X, y = torch.zeros(10, 2), torch.arange(10)
+    batches = [b.tolist() for _, b in TensorLoader(X, y, batch_size=4)]
+    assert batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_loader_shards_are_disjoint_and_equal_sized_for_training():
+    X, y = torch.zeros(103, 1), torch.arange(103)
+    shards = [torch.cat([b for _, b in TensorLoader(X, y, 10, shuffle=True, seed=0, rank=r, world_size=2)])
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == 51
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+    evals = [torch.cat([b for _, b in TensorLoader(X, y, 10, rank=r, world_size=2)]) for r in range(2)]
+    assert sorted(torch.cat(evals).tolist()) == list(range(103))  # evaluation sees every example once
+
+
+def test_synthetic_data_follows_the_linear_model():
+    X, y = synthetic_data(torch.tensor([2.0, -3.4]), 4.2, 5000, 0.01, torch.Generator().manual_seed(0))
+    assert X.shape == (5000, 2) and y.shape == (5000, 1)
+    residual = y.reshape(-1) - (X @ torch.tensor([2.0, -3.4]) + 4.2)
+    assert residual.std().item() == pytest.approx(0.01, rel=0.05)
+    dm = SyntheticRegression(val_size=0, seed=0)
+    dm.setup()
+    assert dm.splits["val"][0] is dm.splits["train"][0] and len(dm.splits["test"][0]) == 1000
+
+
+# --- errors, through the command line as a user meets them -------------------------------------------------------
+
+def _fails(root, *extra):
+    result = run_cli(f"data.root={root}", "data.download=false", "trainer=cpu", "trainer.max_epochs=1",
+                     "logger=none", "hydra.run.dir=" + str(root / "run"), *extra)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    return result.stderr + result.stdout
+
+
+def test_missing_folder_names_the_folder_the_files_and_the_fix(tmp_path):
+    out = _fails(tmp_path / "empty")
+    assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in out
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        assert name in out
+    assert "data.root" in out and "data.download=true" in out
+
+
+def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
+    """download=true with an unreachable mirror: torchvision's real download code fails, the user gets one line."""
+    dm = FashionMNIST(root=str(tmp_path), download=True)
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [f"file://{tmp_path}/no-mirror/"])
+    with pytest.raises(Task1Error, match=r"Downloading Fashion-MNIST failed.*expected the four files"):
+        dm.prepare_data()
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncate", r"train-images-idx3-ubyte is truncated or corrupt: its header announces 600 examples"),
+    ("magic", r"train-images-idx3-ubyte is not an IDX image file \(magic number 2049, expected 2051\)"),
+    ("count", r"holds 600 images but .*train-labels-idx1-ubyte holds 599 labels"),
+    ("labels", r"train-labels-idx1-ubyte holds labels outside 0-9"),
+])
+def test_damaged_files_are_named(tmp_path, damage, message):
+    root = make_fashion_mnist(tmp_path)
+    raw = root / "FashionMNIST" / "raw"
+    images, labels = make_images(N_TRAIN, 0)
+    if damage == "truncate":
+        data = (raw / "train-images-idx3-ubyte").read_bytes()
+        (raw / "train-images-idx3-ubyte").write_bytes(data[:len(data) // 2])
+    elif damage == "magic":
+        write_idx(raw / "train-images-idx3-ubyte", images, magic=2049)
+    elif damage == "count":
+        write_idx(raw / "train-labels-idx1-ubyte", labels[:-1])
+    else:
+        write_idx(raw / "train-labels-idx1-ubyte", np.where(labels == 3, 12, labels))
+    with pytest.raises(Task1Error, match=message):
+        loaded(root)
