@@ -129,6 +129,15 @@ class System(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("history", [])
 
+    def _scheduler_steps_per_run(self) -> int:
+        """How often Lightning will call scheduler.step() in this run."""
+        epochs, every = self.trainer.max_epochs, self.scheduler_frequency
+        if self.scheduler_interval == "epoch":
+            return max(1, epochs // every)
+        self.trainer.estimated_stepping_batches  # sets up the training data, so the count of batches is known
+        # Lightning steps after batches every, 2 * every, ... of each epoch: the count restarts every epoch
+        return max(1, epochs * (int(self.trainer.num_training_batches) // every))
+
     def configure_optimizers(self):
         optimizer = self.optimizer_fn(self.parameters())
         if self.scheduler_fn is None:
@@ -136,9 +145,7 @@ class System(L.LightningModule):
         fn = self.scheduler_fn
         unset = [k for k, v in getattr(fn, "keywords", {}).items() if k in ("T_max", "total_steps") and v is None]
         if unset:
-            per_run = (self.trainer.estimated_stepping_batches if self.scheduler_interval == "step"
-                       else self.trainer.max_epochs)
-            fn = partial(fn, **{k: max(1, int(per_run) // self.scheduler_frequency) for k in unset})
+            fn = partial(fn, **dict.fromkeys(unset, self._scheduler_steps_per_run()))
         scheduler = {"scheduler": fn(optimizer), "interval": self.scheduler_interval,
                      "frequency": self.scheduler_frequency}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
