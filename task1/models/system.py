@@ -134,9 +134,9 @@ class System(L.LightningModule):
         epochs, every = self.trainer.max_epochs, self.scheduler_frequency
         if self.scheduler_interval == "epoch":
             return max(1, epochs // every)
-        self.trainer.estimated_stepping_batches  # sets up the training data, so the count of batches is known
+        batches = self.trainer.estimated_stepping_batches // epochs  # sets up the data: its count of batches
         # Lightning steps after batches every, 2 * every, ... of each epoch: the count restarts every epoch
-        return max(1, epochs * (int(self.trainer.num_training_batches) // every))
+        return max(1, epochs * (int(batches) // every))
 
     def configure_optimizers(self):
         optimizer = self.optimizer_fn(self.parameters())
