@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> dict:
     system = build_system(cfg)
     # checkpoints carry the resolved config as plain data: no pickled objects (loadable with weights_only)
     system.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(system.hparams["config"]))
     monitor, mode = system.monitor
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, auto_insert_metric_name=False)
