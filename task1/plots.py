@@ -1,0 +1,194 @@
+"""Figures for people: image grids with labels, confusion matrices, learning curves, regression fits, lr schedules.
+
+Every function returns a matplotlib `Figure` built without pyplot, so nothing needs a display and no global
+figure state leaks between runs; `save` writes it as PNG, `to_array` renders it for TensorBoard.
+"""
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
+MISTAKE = "tab:red"
+
+
+def save(fig: Figure, path: Path) -> Path:
+    """Write `fig` as a PNG of exactly its figsize * DPI pixels; return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def to_array(fig: Figure) -> np.ndarray:
+    """Render `fig` to an (H, W, 3) uint8 array, the form TensorBoard's add_image takes with dataformats="HWC"."""
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes: Sequence[bool] | None = None,
+               title: str = "", scale: float = 1.3) -> Figure:
+    """d2l's `show_images`: one grey image per axis with its title; titles of `mistakes` in red."""
+    n = len(X)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    height = nrows * (scale + 0.3) + (0.3 if title else 0.05)  # inches: rows, plus a line for the title
+    fig = Figure(figsize=(ncols * scale, height), dpi=DPI)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        ax.imshow(X[i].detach().float().cpu().reshape(X[i].shape[-2:]).numpy(), cmap="gray_r", vmin=0, vmax=1)
+        wrong = mistakes is not None and mistakes[i]
+        ax.set_title(titles[i], fontsize=7, color=MISTAKE if wrong else "black")
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.05 / height, va="top")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - (0.62 if title else 0.35) / height,
+                        wspace=0.05, hspace=0.55)
+    return fig
+
+
+def prediction_grid(X: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, names: Sequence[str],
+                    ncols: int = 8) -> Figure:
+    """Examples titled "true / predicted" (d2l 3.6's final figure); mistakes in red with an x."""
+    wrong = (y != y_hat).tolist()
+    titles = [f"{names[t]}\n{'x ' if w else ''}{names[p]}" for t, p, w in zip(y.tolist(), y_hat.tolist(), wrong,
+                                                                              strict=True)]
+    return image_grid(X, titles, ncols=ncols, mistakes=wrong, title="true / predicted (red: mistake)")
+
+
+def confusion_figure(confusion: torch.Tensor, names: Sequence[str], title: str = "") -> Figure:
+    """Rows: true class, columns: predicted class; colour is the row's fraction, numbers are counts."""
+    counts = confusion.detach().cpu().long().numpy()
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(names)
+    fig = Figure(figsize=(1.4 + 0.45 * k, 1.2 + 0.42 * k), dpi=DPI)
+    ax = fig.subplots()
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if fractions[i, j] > 0.5 else "black")
+    acc = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title} accuracy {acc:.4f}".strip(), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
+    """Loss, accuracy (classification) and learning rate per epoch; train solid, val dashed; one colour per run."""
+    histories = [h for h in runs.values() if h]
+    has_acc = any("train/acc" in r or "val/acc" in r for h in histories for r in h)
+    panels = ["loss", "acc", "lr"] if has_acc else ["loss", "lr"]
+    fig = Figure(figsize=(4.2 * len(panels), 3.4 + 0.18 * max(0, len(runs) - 4)), dpi=DPI)
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False).ravel(), strict=True))
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for (name, history), color in zip(runs.items(), colors, strict=True):
+        epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+        for panel, ax in axes.items():
+            keys = ["train/lr"] if panel == "lr" else [f"train/{panel}", f"val/{panel}"]
+            for key in keys:
+                points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
+                if points:
+                    ax.plot(*zip(*points, strict=True), color=color, marker=".",
+                            linestyle="--" if key.startswith("val/") else "-",
+                            label=name if key == keys[0] else None)
+    titles = {"loss": "loss (train -, val --)", "acc": "accuracy (train -, val --)", "lr": "learning rate"}
+    for panel, ax in axes.items():
+        ax.set_title(titles[panel], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if not has_acc:
+        axes["loss"].set_yscale("log")  # regression losses fall by orders of magnitude
+    if len(runs) > 1:  # one run needs no legend: the titles say which line is which
+        fig.legend(loc="lower center", ncols=min(len(runs), 3), fontsize=7, frameon=False)
+        fig.tight_layout(rect=(0, 0.05 * math.ceil(len(runs) / 3) + 0.02, 1, 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def regression_figure(history: Sequence[dict], true_w: Sequence[float], true_b: float) -> Figure:
+    """Linear regression: w and b per epoch against the true values, and the fitted plane's parameter error."""
+    epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+    w = np.array([r["w"] for r in history])  # (epochs, num_inputs)
+    b = np.array([r["b"][0] if isinstance(r["b"], list) else r["b"] for r in history])  # (epochs,)
+    fig = Figure(figsize=(9, 3.4), dpi=DPI)
+    ax_params, ax_error = fig.subplots(1, 2)
+    for i, (column, target) in enumerate([*zip(w.T, true_w, strict=True), (b, true_b)]):
+        name = f"w[{i}]" if i < len(true_w) else "b"
+        ax_params.plot(epochs, column, marker=".", color=f"C{i}", label=f"{name} learned")
+        ax_params.axhline(target, color=f"C{i}", linestyle="--", linewidth=1, label=f"{name} true {target:g}")
+    ax_params.set_title("parameters per epoch (true: dashed)", fontsize=9)
+    ax_params.legend(fontsize=7)
+    w_error = np.linalg.norm(w - np.asarray(true_w), axis=1)
+    ax_error.plot(epochs, w_error, marker=".", label="|w - true w|")
+    ax_error.plot(epochs, np.abs(b - true_b), marker=".", label="|b - true b|")
+    if any("val/loss" in r for r in history):
+        ax_error.plot(epochs, [r.get("val/loss", np.nan) for r in history], marker=".", label="val loss")
+    ax_error.set_yscale("log")
+    ax_error.set_title("error of the fitted plane", fontsize=9)
+    ax_error.legend(fontsize=7)
+    for ax in (ax_params, ax_error):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def lr_figure(lrs: Sequence[float], steps_per_epoch: int, title: str = "") -> Figure:
+    """The learning rate at every optimizer step, with the epoch boundaries as dotted lines."""
+    fig = Figure(figsize=(8, 3.2), dpi=DPI)
+    ax = fig.subplots()
+    ax.plot(range(len(lrs)), lrs, drawstyle="steps-post", linewidth=1.5)
+    epochs = math.ceil(len(lrs) / steps_per_epoch)
+    for e in range(1, epochs):
+        ax.axvline(e * steps_per_epoch, color="gray", linestyle=":", linewidth=0.8)
+    if epochs <= 20:
+        for e in range(epochs):
+            ax.text((e + 0.5) * steps_per_epoch, 1.0, f"epoch {e + 1}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=7, color="gray")
+    ax.set_xlabel(f"optimizer step ({steps_per_epoch} per epoch)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title, fontsize=9, pad=14)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_figure(X: torch.Tensor, y: torch.Tensor) -> Figure:
+    """d2l 3.2's look at synthetic data: the label against each feature."""
+    X, y = X.detach().cpu(), y.detach().cpu().reshape(-1)
+    k = X.shape[1]
+    fig = Figure(figsize=(3.6 * k, 3.2), dpi=DPI)
+    for i, ax in enumerate(fig.subplots(1, k, squeeze=False).ravel()):
+        ax.scatter(X[:, i].numpy(), y.numpy(), s=2)
+        ax.set_xlabel(f"feature {i}")
+        ax.set_ylabel("label")
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(metrics: dict, out_dir: Path) -> list[Path]:
+    """A finished run's `curves.png` and, for linear regression, `regression.png`, from its metrics.json."""
+    history = metrics.get("history") or []
+    paths = [save(learning_curves({"": history}), out_dir / "curves.png")] if history else []
+    if history and "true_w" in metrics and "w" in history[0]:
+        fig = regression_figure(history, metrics["true_w"], metrics["true_b"])
+        paths.append(save(fig, out_dir / "regression.png"))
+    return paths
