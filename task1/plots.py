@@ -93,7 +93,9 @@ def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
     histories = [h for h in runs.values() if h]
     has_acc = any("train/acc" in r or "val/acc" in r for h in histories for r in h)
     panels = ["loss", "acc", "lr"] if has_acc else ["loss", "lr"]
-    fig = Figure(figsize=(4.2 * len(panels), 3.4 + 0.18 * max(0, len(runs) - 4)), dpi=DPI)
+    legend = len(runs) > 1  # one run needs no legend: the titles say which line is which
+    width = 4.2 * len(panels) + (0.3 + 0.065 * max(map(len, runs)) if legend else 0)
+    fig = Figure(figsize=(width, max(3.4, 0.2 * len(runs))), dpi=DPI, layout="constrained")
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False).ravel(), strict=True))
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for (name, history), color in zip(runs.items(), colors, strict=True):
@@ -105,7 +107,7 @@ def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
                 if points:
                     ax.plot(*zip(*points, strict=True), color=color, marker=".",
                             linestyle="--" if key.startswith("val/") else "-",
-                            label=name if key == keys[0] else None)
+                            label=name if key == keys[0] and panel == panels[0] else None)
     titles = {"loss": "loss (train -, val --)", "acc": "accuracy (train -, val --)", "lr": "learning rate"}
     for panel, ax in axes.items():
         ax.set_title(titles[panel], fontsize=9)
@@ -114,11 +116,8 @@ def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
         ax.grid(alpha=0.3)
     if not has_acc:
         axes["loss"].set_yscale("log")  # regression losses fall by orders of magnitude
-    if len(runs) > 1:  # one run needs no legend: the titles say which line is which
-        fig.legend(loc="lower center", ncols=min(len(runs), 3), fontsize=7, frameon=False)
-        fig.tight_layout(rect=(0, 0.05 * math.ceil(len(runs) / 3) + 0.02, 1, 1))
-    else:
-        fig.tight_layout()
+    if legend:
+        fig.legend(loc="outside right upper", fontsize=7, frameon=False)
     return fig
 
 
