@@ -57,10 +57,11 @@ class PredictionFigures(L.Callback):
         figures = {f"{split}/predictions": plots.prediction_grid(X, y, y_hat, self.names),
                    f"{split}/confusion": plots.confusion_figure(confusion, self.names, title=split)}
         for tag, fig in figures.items():
-            plots.save(fig, self.out_dir / f"{tag.replace('/', '_')}.png")
+            image = plots.to_array(fig)
+            plots.save(image, self.out_dir / f"{tag.replace('/', '_')}.png")
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(tag, plots.to_array(fig), trainer.global_step, dataformats="HWC")
+                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1

@@ -54,9 +54,10 @@ def show(cfg: DictConfig) -> Path:
             X, y = X[keep], y[keep]
         X, y = X[:opts.count], y[:opts.count]
         fig = plots.image_grid(X, [names[i] for i in y.tolist()], ncols=opts.ncols)
-    path = plots.save(fig, out / f"{opts.split}.png")
+    image = plots.to_array(fig)
+    path = plots.save(image, out / f"{opts.split}.png")
     with SummaryWriter(str(out / "tensorboard")) as writer:
-        writer.add_image(f"data/{opts.split}", plots.to_array(fig), 0, dataformats="HWC")
+        writer.add_image(f"data/{opts.split}", image, 0, dataformats="HWC")
     log.info("%d %s examples -> %s (and TensorBoard: tensorboard --logdir %s)", len(X), opts.split, path, out)
     return path
 

@@ -39,13 +39,13 @@ def test_classification_run_draws_predictions_confusion_curves_and_per_class_acc
     figures = tmp_path / "figures"
     assert {p.name for p in figures.iterdir()} == {"val_predictions.png", "val_confusion.png", "test_predictions.png",
                                                    "test_confusion.png", "curves.png"}
-    assert png_size(figures / "test_predictions.png") == (1040, 510)  # 8 x 3 examples
+    assert png_size(figures / "test_predictions.png") == (1040, 525)  # 8 x 3 examples
     assert png_size(figures / "test_confusion.png") == (590, 540)
     assert png_size(figures / "curves.png") == (1260, 340)  # loss, accuracy, lr
     images = tensorboard_images(tmp_path / "tensorboard")
     assert set(images) == {"val/predictions", "val/confusion", "test/predictions", "test/confusion"}
     assert len(images["val/predictions"]) == 2 and len(images["test/confusion"]) == 1  # every epoch; the test once
-    assert (images["test/predictions"][0].width, images["test/predictions"][0].height) == (1040, 510)
+    assert (images["test/predictions"][0].width, images["test/predictions"][0].height) == (1040, 525)
 
     per_class = json.loads((tmp_path / "metrics.json").read_text())["per_class_acc"]
     assert per_class == metrics["per_class_acc"] and set(per_class) == {"val", "test"}
@@ -75,9 +75,9 @@ def test_show_cli_saves_a_labelled_grid_and_logs_it(fake_root, tmp_path):
     result = run_cli("-m", "task1.show", f"data.root={fake_root}", "show.count=5", "show.ncols=5",
                      "show.classes=[trouser,3]", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert png_size(tmp_path / "train.png") == (650, 165)  # one row of five
+    assert png_size(tmp_path / "train.png") == (650, 170)  # one row of five
     image = tensorboard_images(tmp_path / "tensorboard")["data/train"][0]
-    assert (image.width, image.height) == (650, 165)
+    assert (image.width, image.height) == (650, 170)
 
 
 def show_cfg(tmp_path: Path, *overrides: str):
@@ -90,7 +90,7 @@ def test_show_filters_classes_and_names_a_bad_one(fake_root, tmp_path):
                          "show.classes=[bag]"))
     _, y = read_split(fake_root, train=False)
     rows = -(-min(30, int((y == LABELS.index("bag")).sum())) // 10)
-    assert path == tmp_path / "test.png" and png_size(path) == (1300, 160 * rows + 5)
+    assert path == tmp_path / "test.png" and png_size(path) == (1300, 165 * rows + 5)
     with pytest.raises(Task1Error, match=r"'jacket' is not a class.*ankle boot"):
         show(show_cfg(tmp_path, f"data.root={fake_root}", "show.classes=[jacket]"))
 
