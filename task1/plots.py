@@ -38,7 +38,7 @@ def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes:
                title: str = "", scale: float = 1.3) -> Figure:
     """d2l's `show_images`: grey images with their titles (titles of `mistakes` in red), `scale` inches each.
 
-    The images are pasted into one mosaic on one axes: a matplotlib axes per image costs ~50 ms to lay out and draw.
+    The images are pasted into one mosaic on one axes: an axes per image costs tens of ms to lay out and draw.
     """
     n = len(X)
     ncols = max(1, min(ncols, n))

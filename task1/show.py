@@ -52,6 +52,8 @@ def show(cfg: DictConfig) -> Path:
         if opts.classes:
             keep = torch.isin(y, torch.tensor(class_indices(list(opts.classes), tuple(names))))
             X, y = X[keep], y[keep]
+            if not len(y):
+                raise Task1Error(f"show.classes={list(opts.classes)}: the {opts.split} split has none of them.")
         X, y = X[:opts.count], y[:opts.count]
         fig = plots.image_grid(X, [names[i] for i in y.tolist()], ncols=opts.ncols)
     image = plots.to_array(fig)
