@@ -104,3 +104,10 @@ def test_schedule_equals_the_rates_of_a_real_fit(make_cfg, overrides):
     predicted = lr_per_step(build_system(cfg), 10, 3, cfg.trainer.get("accumulate_grad_batches", 1))
     assert len(recorder.lrs) == len(predicted) and recorder.lrs == pytest.approx(predicted, rel=1e-12)
     assert len(set(predicted)) > 1  # the schedule does change the rate within these 3 epochs
+
+
+def test_train_examples_can_be_given_for_other_data(tmp_path):
+    lrs = lr_schedule(schedule_cfg(tmp_path, "lr_schedule.train_examples=1001", "data.batch_size=100",
+                                   "trainer.max_epochs=2", "scheduler=step", "scheduler.interval=step",
+                                   "scheduler.step_size=11"))
+    assert len(lrs) == 22 and lrs[10] == pytest.approx(0.1) and lrs[11] == pytest.approx(0.05)  # 11 batches an epoch
