@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, plots
+from task1.callbacks import PredictionFigures
 from task1.models import System
 
 log = logging.getLogger("task1")
@@ -79,8 +80,13 @@ def train(cfg: DictConfig) -> dict:
     monitor, mode = system.monitor
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    callbacks, predictions = [checkpoint], None
+    figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
+    if figures["enabled"] and system.classify:
+        predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
+        callbacks.append(predictions)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(out),
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
     trainer.fit(system, datamodule=datamodule)
     test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
@@ -95,8 +101,12 @@ def train(cfg: DictConfig) -> dict:
         true_w, true_b = datamodule.true_w, datamodule.true_b
         metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b,
                        w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
+    if predictions:
+        metrics["per_class_acc"] = predictions.per_class_acc
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
+        if figures["enabled"]:
+            plots.run_figures(metrics, out / "figures")
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
             if isinstance(lg, TensorBoardLogger):
                 lg.log_hyperparams(_flat(system.hparams["config"]), {f"hparams/{k}": v for k, v in final.items()})

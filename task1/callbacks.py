@@ -1,0 +1,87 @@
+"""Lightning callbacks that show a run's predictions: example grids, confusion matrices, per-class accuracy."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from task1 import plots
+
+
+class PredictionFigures(L.Callback):
+    """After validation and test: a grid of examples (true / predicted, mistakes marked) and a confusion matrix.
+
+    Both are logged as TensorBoard images (tags `val/predictions`, `val/confusion`, `test/...`) and saved as
+    `<out_dir>/<split>_predictions.png`, `<out_dir>/<split>_confusion.png`. Validation figures are drawn after the
+    last epoch only, plus every `every_n_epochs` epochs when that is > 0: matplotlib costs ~0.3 s a figure, more
+    than a softmax epoch on a GPU. The net runs once more over the batches that validation already sees (one big
+    batch at the default eval_batch_size), and only on those epochs. `per_class_acc[split]` holds the accuracy of
+    each class, summed over processes.
+    """
+
+    def __init__(self, out_dir: Path, names: Sequence[str], every_n_epochs: int = 0, num_examples: int = 24):
+        self.out_dir, self.names = Path(out_dir), list(names)
+        self.every_n_epochs, self.num_examples = every_n_epochs, num_examples
+        self.per_class_acc: dict[str, dict[str, float]] = {}
+        self._active = False
+
+    def _start(self, active: bool) -> None:
+        self._active, self._confusion, self._examples = active, None, []
+
+    def _collect(self, pl_module: L.LightningModule, batch) -> None:
+        if not self._active:
+            return
+        X, y = batch
+        y_hat = pl_module(X).argmax(dim=1)
+        k = len(self.names)
+        confusion = torch.bincount(y * k + y_hat, minlength=k * k).reshape(k, k)  # [true, predicted]
+        self._confusion = confusion if self._confusion is None else self._confusion + confusion
+        missing = self.num_examples - sum(len(e[0]) for e in self._examples)
+        if missing > 0:
+            self._examples.append((X[:missing].cpu(), y[:missing].cpu(), y_hat[:missing].cpu()))
+
+    def _finish(self, trainer: L.Trainer, split: str) -> None:
+        if not self._active or self._confusion is None:
+            return
+        self._active = False
+        confusion = trainer.strategy.reduce(self._confusion, reduce_op="sum").cpu()
+        per_class = confusion.diag().double() / confusion.sum(dim=1).clamp(min=1)
+        present = confusion.sum(dim=1) > 0  # a class absent from the split has no accuracy
+        self.per_class_acc[split] = {n: round(float(a), 6) for n, a, p in zip(self.names, per_class, present,
+                                                                                strict=True) if p}
+        if not trainer.is_global_zero:
+            return
+        X, y, y_hat = (torch.cat(parts) for parts in zip(*self._examples, strict=True))
+        figures = {f"{split}/predictions": plots.prediction_grid(X, y, y_hat, self.names),
+                   f"{split}/confusion": plots.confusion_figure(confusion, self.names, title=split)}
+        for tag, fig in figures.items():
+            image = plots.to_array(fig)
+            plots.save(image, self.out_dir / f"{tag.replace('/', '_')}.png")
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
+
+    def _due(self, trainer: L.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        every = self.every_n_epochs
+        return not trainer.sanity_checking and (epoch == trainer.max_epochs or (every > 0 and epoch % every == 0))
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(self._due(trainer))
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start(True)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(pl_module, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer, "test")

@@ -1,0 +1,206 @@
+"""Figures for people: image grids with labels, confusion matrices, learning curves, regression fits, lr schedules.
+
+Every function returns a matplotlib `Figure` built without pyplot, so nothing needs a display and no global
+figure state leaks between runs; `save` writes it as PNG, `to_array` renders it for TensorBoard.
+"""
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from matplotlib.ticker import MaxNLocator
+
+DPI = 100
+MISTAKE = "tab:red"
+
+
+def to_array(fig: Figure) -> np.ndarray:
+    """Render `fig` to an (H, W, 3) uint8 array of figsize * DPI pixels, the form TensorBoard's add_image takes."""
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def save(figure: Figure | np.ndarray, path: Path) -> Path:
+    """Write a figure, or one already rendered by `to_array` (drawing is the slow part), as a PNG; return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imsave(path, figure if isinstance(figure, np.ndarray) else to_array(figure))
+    return path
+
+
+def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes: Sequence[bool] | None = None,
+               title: str = "", scale: float = 1.3) -> Figure:
+    """d2l's `show_images`: grey images with their titles (titles of `mistakes` in red), `scale` inches each.
+
+    The images are pasted into one mosaic on one axes: an axes per image costs tens of ms to lay out and draw.
+    """
+    n = len(X)
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    band = 0.35  # inches above each image for its title (two lines)
+    height = nrows * (scale + band) + (0.3 if title else 0.05)
+    fig = Figure(figsize=(ncols * scale, height), dpi=DPI)
+    images = X.detach().float().cpu().reshape(n, *X.shape[-2:]).numpy()  # (n, h, w)
+    h, w = images.shape[1:]
+    pad = round(0.04 * w)  # image pixels between neighbours
+    cell_w = w + 2 * pad
+    band_px = round(cell_w * band / scale)  # the same pixels per inch both ways
+    cell_h = h + 2 * pad + band_px
+    mosaic = np.zeros((nrows * cell_h, ncols * cell_w), dtype=np.float32)  # 0: white under gray_r
+    ax = fig.add_axes((0, 0, 1, nrows * (scale + band) / height))
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        top, left = r * cell_h + band_px + pad, c * cell_w + pad
+        mosaic[top:top + h, left:left + w] = images[i]
+        wrong = mistakes is not None and mistakes[i]
+        ax.text(left + w / 2, top - pad, titles[i], ha="center", va="bottom", fontsize=7,
+                color=MISTAKE if wrong else "black")
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=8, y=1 - 0.05 / height, va="top")
+    return fig
+
+
+def prediction_grid(X: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, names: Sequence[str],
+                    ncols: int = 8) -> Figure:
+    """Examples titled "true / predicted" (d2l 3.6's final figure); mistakes in red with an x."""
+    wrong = (y != y_hat).tolist()
+    titles = [f"{names[t]}\n{'x ' if w else ''}{names[p]}" for t, p, w in zip(y.tolist(), y_hat.tolist(), wrong,
+                                                                              strict=True)]
+    return image_grid(X, titles, ncols=ncols, mistakes=wrong, title="true / predicted (red: mistake)")
+
+
+def confusion_figure(confusion: torch.Tensor, names: Sequence[str], title: str = "") -> Figure:
+    """Rows: true class, columns: predicted class; colour is the row's fraction, numbers are counts."""
+    counts = confusion.detach().cpu().long().numpy()
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    k = len(names)
+    fig = Figure(figsize=(1.4 + 0.45 * k, 1.2 + 0.42 * k), dpi=DPI)
+    ax = fig.subplots()
+    ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(k), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            if counts[i, j]:
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if fractions[i, j] > 0.5 else "black")
+    acc = np.trace(counts) / max(counts.sum(), 1)
+    ax.set_title(f"{title} accuracy {acc:.4f}".strip(), fontsize=9)
+    width, height = fig.get_size_inches()  # fixed margins in inches: tight_layout would draw the figure once more
+    fig.subplots_adjust(left=1.1 / width, right=1 - 0.15 / width, bottom=1.0 / height, top=1 - 0.3 / height)
+    return fig
+
+
+def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
+    """Loss, accuracy (classification) and learning rate per epoch; train solid, val dashed; one colour per run."""
+    histories = [h for h in runs.values() if h]
+    has_acc = any("train/acc" in r or "val/acc" in r for h in histories for r in h)
+    panels = ["loss", "acc", "lr"] if has_acc else ["loss", "lr"]
+    legend = len(runs) > 1  # one run needs no legend: the titles say which line is which
+    width = 4.2 * len(panels) + (0.3 + 0.065 * max(map(len, runs)) if legend else 0)
+    fig = Figure(figsize=(width, max(3.4, 0.2 * len(runs))), dpi=DPI, layout="constrained")
+    axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False).ravel(), strict=True))
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for (name, history), color in zip(runs.items(), colors, strict=True):
+        epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+        for panel, ax in axes.items():
+            keys = ["train/lr"] if panel == "lr" else [f"train/{panel}", f"val/{panel}"]
+            for key in keys:
+                points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
+                if points:
+                    ax.plot(*zip(*points, strict=True), color=color, marker=".",
+                            linestyle="--" if key.startswith("val/") else "-",
+                            label=name if key == keys[0] and panel == panels[0] else None)
+    titles = {"loss": "loss (train -, val --)", "acc": "accuracy (train -, val --)", "lr": "learning rate"}
+    for panel, ax in axes.items():
+        ax.set_title(titles[panel], fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if not has_acc:
+        axes["loss"].set_yscale("log")  # regression losses fall by orders of magnitude
+    if legend:
+        fig.legend(loc="outside right upper", fontsize=7, frameon=False)
+    return fig
+
+
+def regression_figure(history: Sequence[dict], true_w: Sequence[float], true_b: float) -> Figure:
+    """Linear regression: w and b per epoch against the true values, and the fitted plane's parameter error."""
+    epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+    w = np.array([r["w"] for r in history])  # (epochs, num_inputs)
+    b = np.array([r["b"][0] if isinstance(r["b"], list) else r["b"] for r in history])  # (epochs,)
+    fig = Figure(figsize=(9, 3.4), dpi=DPI)
+    ax_params, ax_error = fig.subplots(1, 2)
+    for i, (column, target) in enumerate([*zip(w.T, true_w, strict=True), (b, true_b)]):
+        name = f"w[{i}]" if i < len(true_w) else "b"
+        ax_params.plot(epochs, column, marker=".", color=f"C{i}", label=f"{name} learned")
+        ax_params.axhline(target, color=f"C{i}", linestyle="--", linewidth=1, label=f"{name} true {target:g}")
+    ax_params.set_title("parameters per epoch (true: dashed)", fontsize=9)
+    ax_params.legend(fontsize=7)
+    w_error = np.linalg.norm(w - np.asarray(true_w), axis=1)
+    ax_error.plot(epochs, w_error, marker=".", label="|w - true w|")
+    ax_error.plot(epochs, np.abs(b - true_b), marker=".", label="|b - true b|")
+    if any("val/loss" in r for r in history):
+        ax_error.plot(epochs, [r.get("val/loss", np.nan) for r in history], marker=".", label="val loss")
+    ax_error.set_yscale("log")
+    ax_error.set_title("error of the fitted plane", fontsize=9)
+    ax_error.legend(fontsize=7)
+    for ax in (ax_params, ax_error):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def lr_figure(lrs: Sequence[float], steps_per_epoch: int, title: str = "") -> Figure:
+    """The learning rate at every optimizer step, with the epoch boundaries as dotted lines."""
+    fig = Figure(figsize=(8, 3.2), dpi=DPI)
+    ax = fig.subplots()
+    ax.plot(range(len(lrs)), lrs, drawstyle="steps-post", linewidth=1.5)
+    epochs = math.ceil(len(lrs) / steps_per_epoch)
+    for e in range(1, epochs):
+        ax.axvline(e * steps_per_epoch, color="gray", linestyle=":", linewidth=0.8)
+    if epochs <= 20:
+        for e in range(epochs):
+            ax.text((e + 0.5) * steps_per_epoch, 1.0, f"epoch {e + 1}", transform=ax.get_xaxis_transform(),
+                    ha="center", va="bottom", fontsize=7, color="gray")
+    ax.set_xlabel(f"optimizer step ({steps_per_epoch} per epoch)")
+    ax.set_ylabel("learning rate")
+    ax.set_title(title, fontsize=9, pad=14)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_figure(X: torch.Tensor, y: torch.Tensor) -> Figure:
+    """d2l 3.2's look at synthetic data: the label against each feature."""
+    X, y = X.detach().cpu(), y.detach().cpu().reshape(-1)
+    k = X.shape[1]
+    fig = Figure(figsize=(3.6 * k, 3.2), dpi=DPI)
+    for i, ax in enumerate(fig.subplots(1, k, squeeze=False).ravel()):
+        ax.scatter(X[:, i].numpy(), y.numpy(), s=2)
+        ax.set_xlabel(f"feature {i}")
+        ax.set_ylabel("label")
+    fig.tight_layout()
+    return fig
+
+
+def run_figures(metrics: dict, out_dir: Path) -> list[Path]:
+    """A finished run's `curves.png` and, for linear regression, `regression.png`, from its metrics.json."""
+    history = metrics.get("history") or []
+    paths = [save(learning_curves({"": history}), out_dir / "curves.png")] if history else []
+    if history and "true_w" in metrics and "w" in history[0]:
+        fig = regression_figure(history, metrics["true_w"], metrics["true_b"])
+        paths.append(save(fig, out_dir / "regression.png"))
+    return paths

@@ -1,0 +1,115 @@
+"""Figures of a run, `task1.show` and `task1.curves`: real fits and real CLIs on generated data, PNGs and
+TensorBoard event files read back."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONF, run_cli
+from hydra import compose, initialize_config_dir
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from task1 import Task1Error, curves
+from task1.data import LABELS
+from task1.data.fashion_mnist import read_split
+from task1.show import show
+from task1.train import train
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return image.size  # (width, height)
+
+
+def tensorboard_images(folder: Path) -> dict[str, list]:
+    """{tag: image events} of every event file under `folder`."""
+    events = {}
+    for path in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path), size_guidance={"images": 0})
+        acc.Reload()
+        for tag in acc.Tags()["images"]:
+            events.setdefault(tag, []).extend(acc.Images(tag))
+    return events
+
+
+def test_classification_run_draws_predictions_confusion_curves_and_per_class_accuracy(make_cfg, tmp_path, fake_root):
+    metrics = train(make_cfg("model=softmax", "trainer.max_epochs=2", "logger=tensorboard",
+                             "figures.every_n_epochs=1"))
+    figures = tmp_path / "figures"
+    assert {p.name for p in figures.iterdir()} == {"val_predictions.png", "val_confusion.png", "test_predictions.png",
+                                                   "test_confusion.png", "curves.png"}
+    assert png_size(figures / "test_predictions.png") == (1040, 525)  # 8 x 3 examples
+    assert png_size(figures / "test_confusion.png") == (590, 540)
+    assert png_size(figures / "curves.png") == (1260, 340)  # loss, accuracy, lr
+    images = tensorboard_images(tmp_path / "tensorboard")
+    assert set(images) == {"val/predictions", "val/confusion", "test/predictions", "test/confusion"}
+    assert len(images["val/predictions"]) == 2 and len(images["test/confusion"]) == 1  # every epoch; the test once
+    assert (images["test/predictions"][0].width, images["test/predictions"][0].height) == (1040, 525)
+
+    per_class = json.loads((tmp_path / "metrics.json").read_text())["per_class_acc"]
+    assert per_class == metrics["per_class_acc"] and set(per_class) == {"val", "test"}
+    _, y = read_split(fake_root, train=False)
+    counts = {name: int((y == i).sum()) for i, name in enumerate(LABELS)}
+    assert set(per_class["test"]) == {n for n, c in counts.items() if c}
+    assert all(0 <= a <= 1 for a in per_class["test"].values())
+    # the class accuracies, weighted by class size, are the test accuracy the system measured itself
+    weighted = sum(per_class["test"][n] * counts[n] for n in per_class["test"]) / len(y)
+    assert weighted == pytest.approx(metrics["final"]["test/acc"], abs=1e-5)
+
+
+def test_regression_run_draws_parameters_against_the_truth(make_cfg, tmp_path):
+    metrics = train(make_cfg("model=linear", "trainer.max_epochs=2", "data.num_examples=200"))
+    assert {p.name for p in (tmp_path / "figures").iterdir()} == {"curves.png", "regression.png"}
+    assert png_size(tmp_path / "figures" / "regression.png") == (900, 340)
+    assert png_size(tmp_path / "figures" / "curves.png") == (840, 340)  # loss, lr: no accuracy panel
+    assert "per_class_acc" not in metrics
+
+
+def test_figures_can_be_turned_off(make_cfg, tmp_path):
+    metrics = train(make_cfg("model=softmax", "figures.enabled=false"))
+    assert not (tmp_path / "figures").exists() and "per_class_acc" not in metrics
+
+
+def test_show_cli_saves_a_labelled_grid_and_logs_it(fake_root, tmp_path):
+    result = run_cli("-m", "task1.show", f"data.root={fake_root}", "show.count=5", "show.ncols=5",
+                     "show.classes=[trouser,3]", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert png_size(tmp_path / "train.png") == (650, 170)  # one row of five
+    image = tensorboard_images(tmp_path / "tensorboard")["data/train"][0]
+    assert (image.width, image.height) == (650, 170)
+
+
+def show_cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="show", overrides=[f"output_dir={tmp_path}", *overrides])
+
+
+def test_show_filters_classes_and_names_a_bad_one(fake_root, tmp_path):
+    path = show(show_cfg(tmp_path, f"data.root={fake_root}", "show.split=test", "show.count=30", "show.ncols=10",
+                         "show.classes=[bag]"))
+    _, y = read_split(fake_root, train=False)
+    rows = -(-min(30, int((y == LABELS.index("bag")).sum())) // 10)
+    assert path == tmp_path / "test.png" and png_size(path) == (1300, 165 * rows + 5)
+    with pytest.raises(Task1Error, match=r"'jacket' is not a class.*ankle boot"):
+        show(show_cfg(tmp_path, f"data.root={fake_root}", "show.classes=[jacket]"))
+
+
+def test_show_plots_synthetic_data_against_each_feature(tmp_path):
+    path = show(show_cfg(tmp_path, "data=synthetic", "show.count=500"))
+    assert png_size(path) == (720, 320)  # two features
+
+
+def test_curves_overlays_the_jobs_of_a_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "task1.train", "-m", "model=linear", "optimizer.lr=0.01,0.03", "trainer=cpu",
+                     "trainer.max_epochs=2", "data.num_examples=200", "logger=none", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = curves.find_runs([sweep])
+    assert list(runs) == ["optimizer.lr=0.01", "optimizer.lr=0.03"]  # what the jobs share is left out
+    assert all(len(h) == 2 for h in runs.values())
+    curves.main([str(sweep)])
+    width, height = png_size(sweep / "curves.png")
+    assert height == 340 and width > 840  # two panels plus the legend
+    with pytest.raises(SystemExit):
+        curves.main([str(tmp_path / "nothing here")])
