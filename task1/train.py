@@ -18,7 +18,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
+from task1.checkpoints import FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
 from task1.models import System
+from task1.runs import check_run_folder, failure_metrics, resume_argv
+from task1.schema import validate
 
 log = logging.getLogger("task1")
 
@@ -60,7 +63,9 @@ def summary_table(final: dict) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
     start = time.perf_counter()
-    out = Path(cfg.output_dir)
+    validate(cfg)
+    out = Path(cfg.get("resume") or cfg.output_dir)
+    resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -71,14 +76,29 @@ def train(cfg: DictConfig) -> dict:
     system = build_system(cfg)
     # checkpoints carry the resolved config as plain data: no pickled objects (loadable with weights_only)
     system.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
+    init_from = resume_from or cfg.get("ckpt_path")
+    if init_from:  # refused here, with a clear message, before Lightning reads it
+        checkpoint = load_checkpoint(init_from)
+        check_compatible(init_from, checkpoint, system)
+        if not resume_from:  # weights only: a new run, with a fresh optimizer, from epoch 1
+            system.load_state_dict(checkpoint["state_dict"])
     monitor, mode = system.monitor
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(out),
-                          deterministic=cfg.seed is not None)
-    trainer.fit(system, datamodule=datamodule)
-    test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[FiniteLoss(), best, last],
+                          default_root_dir=str(out), deterministic=cfg.seed is not None)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    except BaseException as e:  # metrics.json says what happened, then the error goes on up
+        metrics, error = failure_metrics(e, system.history, cfg.seed, out)
+        if trainer.is_global_zero:
+            write_json(out / "metrics.json", metrics)
+        if error is None:
+            raise
+        raise error from None
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
@@ -125,4 +145,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = resume_argv(sys.argv)  # resume=<run folder> -> that run's own overrides, into that folder
+    except Task1Error as e:
+        sys.exit(f"Error: {e}")
     main()
