@@ -2,6 +2,7 @@
 
 import math
 import pickle
+import re
 from pathlib import Path
 
 import lightning as L
@@ -80,9 +81,12 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
-        raise Task1Error(f"{path} was refused: it holds objects other than tensors and plain data, which could run "
-                         f"code when loaded ({first}). Only load checkpoints written by task1.") from None
+        if "Weights only load failed" in str(e):  # torch's words for a pickle that names other objects
+            names = re.findall(r"GLOBAL (\S+)", str(e))
+            raise Task1Error(f"{path} was refused: it holds objects other than tensors and plain data "
+                             f"({', '.join(names) or 'unknown globals'}), which could run code when loaded. "
+                             f"Only load checkpoints written by task1.") from None
+        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {e}).") from None
     except Exception as e:
         raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {type(e).__name__}: {e}).") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -96,9 +100,15 @@ def check_compatible(path: str | Path, checkpoint: dict, model: torch.nn.Module)
     theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if isinstance(v, torch.Tensor)}
     if ours == theirs:
         return
-    diff = sorted(set(ours) ^ set(theirs)) or [f"{k} {theirs[k]} vs {ours[k]}" for k in ours if ours[k] != theirs[k]]
+    def names(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+
+    diff = [f"{what} {names(keys)}" for what, keys in (("the model has", set(ours) - set(theirs)),
+                                                         ("the checkpoint has", set(theirs) - set(ours))) if keys]
+    diff += [f"{k} is {theirs[k]} in the checkpoint, {ours[k]} in the model" for k in ours
+             if k in theirs and ours[k] != theirs[k]][:2]
     model_cfg = checkpoint.get("hyper_parameters", {}).get("config", {}).get("model", {})
     made_by = f" (it was written for model.net={model_cfg['net']['_target_']})" if "net" in model_cfg else ""
-    raise Task1Error(f"{path} is not a checkpoint of this model{made_by}: parameters differ: "
-                     f"{', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''}. Choose the model it was trained "
-                     f"with, or another checkpoint.")
+    raise Task1Error(f"{path} is not a checkpoint of this model{made_by}: {'; '.join(diff)}. Choose the model "
+                     f"it was trained with, or another checkpoint.")

@@ -5,6 +5,7 @@ Hydra already refuses a key that is not in the config (`optimizer.lrr=0.1`) and 
 cannot work, and keys added with `+` that the class a node names does not take.
 """
 
+import difflib
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -94,8 +95,15 @@ FIELDS: dict[str, Spec] = {
 OWN_KEYS = {"scheduler": {"interval", "frequency"}}
 
 
+def _show(value: Any) -> str:
+    """A value as it is written on the command line."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return repr(value) if isinstance(value, str) else str(value)
+
+
 def _fail(field: str, value: Any, allowed: str) -> None:
-    raise Task1Error(f"{field}={value!r} is not allowed: expected {allowed}.")
+    raise Task1Error(f"{field}={_show(value)} is not allowed: expected {allowed}.")
 
 
 def _check_keys(path: str, node: DictConfig) -> None:
@@ -110,7 +118,10 @@ def _check_keys(path: str, node: DictConfig) -> None:
     names = {p.name for p in params} | OWN_KEYS.get(path, set())
     for key in node:
         if not str(key).startswith("_") and key not in names:
-            _fail(f"{path}.{key}", node[key], f"no such field; {node._target_} takes {', '.join(sorted(names))}")
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"did you mean {path}.{close[0]}? " if close else ""
+            raise Task1Error(f"{path}.{key} is not a field of {path} ({node._target_}): {hint}Its fields are "
+                             f"{', '.join(sorted(names))}.")
 
 
 def _train_size(data: DictConfig) -> int | None:
@@ -134,8 +145,8 @@ def validate(cfg: DictConfig) -> None:
             _check_keys(path, node)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
-        _fail("optimizer.nesterov", True, f"false, or set optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "
-              f"and optimizer.dampening=0 (it is {opt.get('dampening', 0)})")
+        _fail("optimizer.nesterov", True, f"false, or optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "
+              f"with optimizer.dampening=0 (it is {opt.get('dampening', 0)}): Nesterov momentum needs both")
     data, n = cfg.get("data") or {}, _train_size(cfg.get("data") or {})
     if n is not None and data.get("val_size", 0) >= n:
         _fail("data.val_size", data.val_size, f"0 up to {n - 1}: the training set has {n} examples")
