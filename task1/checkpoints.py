@@ -1,6 +1,7 @@
 """Checkpoints that survive faults: periodic and on SIGTERM, never non-finite, loaded without running code."""
 
 import math
+import os
 import pickle
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from task1 import Task1Error
@@ -70,6 +72,21 @@ class LastCheckpoint(Checkpoint):
         if bad:
             raise Task1Error(diverged_message(trainer.current_epoch, trainer.global_step,
                                               f"the weights {', '.join(bad)} are not finite"))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves to a temporary file beside the target, then renames it: a crash leaves the old file or the new one.
+
+    (Lightning's own save stages the file in the system's temp folder, which a rename cannot cross when that
+    is another file system: the file is then copied into place.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
-from task1.checkpoints import FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
+from task1.checkpoints import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
 from task1.models import System
 from task1.runs import check_run_folder, failure_metrics, resume_argv
 from task1.schema import validate
@@ -88,7 +88,8 @@ def train(cfg: DictConfig) -> dict:
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=[FiniteLoss(), best, last],
-                          default_root_dir=str(out), deterministic=cfg.seed is not None)
+                          plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
+                          deterministic=cfg.seed is not None)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         test = trainer.test(system, datamodule=datamodule, verbose=False)[0]

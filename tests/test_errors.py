@@ -10,6 +10,8 @@ import torch
 from conftest import ROOT, make_fashion_mnist, run_cli, write_idx
 
 from task1 import Task1Error
+from task1.checkpoints import AtomicCheckpointIO
+from task1.runs import check_run_folder, resume_argv
 from task1.train import train, write_json
 
 
@@ -183,10 +185,21 @@ def test_a_finished_run_folder_is_never_trained_over(make_cfg, tmp_path):
     assert (tmp_path / "metrics.json").read_bytes() == before
 
 
-def test_json_is_written_atomically(tmp_path):
+def test_json_and_checkpoints_are_written_atomically(tmp_path):
     path = tmp_path / "metrics.json"
     write_json(path, {"status": "completed"})
-    with pytest.raises(TypeError):  # fails half-way through: the old file stays whole, no temp file is left
+    with pytest.raises(TypeError):  # fails half-way through: the old file stays whole
         write_json(path, {"status": "completed", "bad": object()})
-    assert json.loads(path.read_text()) == {"status": "completed"} and [p.name for p in tmp_path.iterdir()] == [
-        "metrics.json"]
+    assert json.loads(path.read_text()) == {"status": "completed"}
+    ckpt, io = tmp_path / "last.ckpt", AtomicCheckpointIO()
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, ckpt)
+    with pytest.raises(Exception, match="pickle"):  # torch.save fails after writing part of the file
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: None}, ckpt)
+    assert torch.load(ckpt, weights_only=True)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
+    with pytest.raises(Task1Error, match=r"resume=.*nowhere: not a run folder \(there is no .*overrides.yaml\)"):
+        resume_argv(["task1.train", f"resume={tmp_path / 'nowhere'}"])
+    with pytest.raises(Task1Error, match=r"there is no .*last.ckpt \(the run stopped before its first checkpoint\)"):
+        check_run_folder(tmp_path, resuming=True)
