@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict:
         check_compatible(init_from, checkpoint, system)
         if not resume_from:  # weights only: a new run, with a fresh optimizer, from epoch 1
             system.load_state_dict(checkpoint["state_dict"])
+        log.info("%s from %s (epoch %d, step %d)", "resuming" if resume_from else "starting", init_from,
+                 checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0))
     monitor, mode = system.monitor
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
