@@ -56,7 +56,8 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and not last_of_epoch:
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # no gradients half accumulated
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and stepped and not last_of_epoch:
             trainer.save_checkpoint(self.path, weights_only=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
