@@ -20,7 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, plots
 from task1.callbacks import PredictionFigures
+from task1.checkpoints import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
 from task1.models import System
+from task1.runs import check_run_folder, failure_metrics, resume_argv
+from task1.schema import validate
 
 log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
@@ -65,7 +68,9 @@ def summary_table(final: dict) -> str:
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
     start = time.perf_counter()
-    out = Path(cfg.output_dir)
+    validate(cfg)
+    out = Path(cfg.get("resume") or cfg.output_dir)
+    resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
@@ -77,19 +82,37 @@ def train(cfg: DictConfig) -> dict:
     # checkpoints carry the resolved config as plain data: no pickled objects (loadable with weights_only)
     system.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
     (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(system.hparams["config"]))
+    init_from = resume_from or cfg.get("ckpt_path")
+    if init_from:  # refused here, with a clear message, before Lightning reads it
+        checkpoint = load_checkpoint(init_from)
+        check_compatible(init_from, checkpoint, system)
+        if not resume_from:  # weights only: a new run, with a fresh optimizer, from epoch 1
+            system.load_state_dict(checkpoint["state_dict"])
+        log.info("%s from %s (epoch %d, step %d)", "resuming" if resume_from else "starting", init_from,
+                 checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0))
     monitor, mode = system.monitor
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                                 save_last=True, save_top_k=1, auto_insert_metric_name=False)
-    callbacks, predictions = [checkpoint], None
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
+    callbacks, predictions = [FiniteLoss(), best, last], None
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
         callbacks.append(predictions)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, default_root_dir=str(out),
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
+                          plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
-    trainer.fit(system, datamodule=datamodule)
-    test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    except BaseException as e:  # metrics.json says what happened, then the error goes on up
+        metrics, error = failure_metrics(e, system.history, cfg.seed, out)
+        if trainer.is_global_zero:
+            write_json(out / "metrics.json", metrics)
+        if error is None:
+            raise
+        raise error from None
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
@@ -140,4 +163,8 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv = resume_argv(sys.argv)  # resume=<run folder> -> that run's own overrides, into that folder
+    except Task1Error as e:
+        sys.exit(f"Error: {e}")
     main()

@@ -80,6 +80,21 @@ def _check_idx(path: Path, magic: int) -> int:
     return n
 
 
+def train_size(root: str | os.PathLike) -> int:
+    """The number of training examples, from the label file's header (60000 until the files are there)."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    name = "train-labels-idx1-ubyte"
+    for path, opener in ((raw / name, open), (raw / f"{name}.gz", gzip.open)):
+        try:
+            with opener(path, "rb") as f:
+                header = f.read(8)
+        except (OSError, EOFError):
+            continue
+        if len(header) == 8 and struct.unpack(">I", header[:4])[0] == 2049:
+            return struct.unpack(">I", header[4:])[0]
+    return 60_000
+
+
 def read_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one split through torchvision as (X, y): X float32 in [0, 1], (n, 1, 28, 28); y int64, (n,)."""
     raw = Path(root) / "FashionMNIST" / "raw"

@@ -20,9 +20,21 @@ class TensorLoader:
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.batches_done, self._skip = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    # Lightning saves the state of a loader that has these two methods in its checkpoints, and restores it
+    # before iterating: a run resumed mid-epoch goes on with the batches it had not trained yet.
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, done = state["epoch"], state["batches_done"]
+        if done >= len(self):  # that epoch was finished: the next one starts at its first batch
+            epoch, done = epoch + 1, 0
+        self.epoch, self._skip = epoch, done
 
     # Lightning calls `dataloader.sampler.set_epoch(epoch)` before every epoch (its hook for DistributedSampler):
     # being our own sampler is how we hear of it. No batch_sampler: batches are slices, not lists of indices.
@@ -45,19 +57,23 @@ class TensorLoader:
 
     def __iter__(self):
         n, bs = self._num_examples(), self.batch_size
+        start, self._skip = self._skip * bs, 0
+        self.batches_done = start // bs
         if not self.shuffle and self.world_size == 1:
-            for i in range(0, n, bs):  # views, no copy
-                yield self.X[i:i + bs], self.y[i:i + bs]
-            return
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(len(self.X), generator=g)
+            batches = ((self.X[i:i + bs], self.y[i:i + bs]) for i in range(start, n, bs))  # views, no copy
         else:
-            idx = torch.arange(len(self.X))
-        idx = idx[self.rank::self.world_size][:n].to(self.X.device)
-        for i in range(0, n, bs):
-            j = idx[i:i + bs]
-            yield self.X[j], self.y[j]
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed + self.epoch)
+                idx = torch.randperm(len(self.X), generator=g)
+            else:
+                idx = torch.arange(len(self.X))
+            idx = idx[self.rank::self.world_size][:n].to(self.X.device)
+            batches = ((self.X[j], self.y[j]) for j in (idx[i:i + bs] for i in range(start, n, bs)))
+        for batch in batches:
+            # Lightning fetches no batch ahead from a loader that has a length: whenever it saves a checkpoint,
+            # this is the number of batches trained in the epoch
+            self.batches_done += 1
+            yield batch
 
 
 class InMemoryDataModule(L.LightningDataModule):

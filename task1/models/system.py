@@ -125,9 +125,15 @@ class System(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
+        # a checkpoint taken mid-epoch also carries the epoch's partial sums, so a resumed run ends exactly equal
+        if "train" in self._sums:
+            checkpoint["epoch_state"] = {"train_sums": self._sums["train"], "lr": self._epoch_lr}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("history", [])
+        if "epoch_state" in checkpoint:  # Lightning skips on_train_epoch_start when it resumes mid-epoch
+            self._sums["train"] = checkpoint["epoch_state"]["train_sums"].to(self.device)
+            self._epoch_lr, self._epoch_start = checkpoint["epoch_state"]["lr"], time.perf_counter()
 
     def _scheduler_steps_per_run(self) -> int:
         """How often Lightning will call scheduler.step() in this run."""

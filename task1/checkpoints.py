@@ -1,0 +1,132 @@
+"""Checkpoints that survive faults: periodic and on SIGTERM, never non-finite, loaded without running code."""
+
+import math
+import os
+import pickle
+import re
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from task1 import Task1Error
+
+
+def diverged_message(epoch: int, step: int, what: str) -> str:
+    return (f"Training diverged: {what} in epoch {epoch + 1} at step {step} (optimizer steps since the start). "
+            f"Lower the learning rate (optimizer.lr) and start again; the last good checkpoint is kept.")
+
+
+class FiniteLoss(Callback):
+    """Stops the run at the first non-finite training loss.
+
+    On the CPU every step is checked (a few microseconds). On a GPU, reading the loss forces the host to wait
+    for the device, so only every `gpu_every` steps are checked there; a NaN in between is caught at the next
+    check, and the checkpoint guard below keeps it out of every file meanwhile.
+    """
+
+    def __init__(self, gpu_every: int = 50):
+        self.gpu_every = gpu_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        step = trainer.global_step
+        if loss is None or (loss.device.type != "cpu" and step % self.gpu_every):
+            return
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
+            raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes `path` (checkpoints/last.ckpt) every `every_n_steps` optimizer steps, at each epoch end, and when
+    the process receives SIGTERM, so a killed run resumes from where it was.
+
+    A Checkpoint subclass, so Lightning runs its epoch-end hook after the LightningModule's (whose history the
+    file must hold). Every checkpoint save, of any callback, passes `on_save_checkpoint`: weights that are
+    not finite are refused, so a diverged run never overwrites a good file.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int | None = 100):
+        self.path, self.every_n_steps = Path(path), every_n_steps
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows
+        stepped = (batch_idx + 1) % trainer.accumulate_grad_batches == 0  # no gradients half accumulated
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and stepped and not last_of_epoch:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException between two training batches: a consistent state to save
+        if isinstance(exception, SIGTERMException) and trainer.training and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+        if bad:
+            raise Task1Error(diverged_message(trainer.current_epoch, trainer.global_step,
+                                              f"the weights {', '.join(bad)} are not finite"))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Saves to a temporary file beside the target, then renames it: a crash leaves the old file or the new one.
+
+    (Lightning's own save stages the file in the system's temp folder, which a rename cannot cross when that
+    is another file system: the file is then copied into place.)
+    """
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain data only, so a crafted file cannot run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise Task1Error(f"ckpt_path={path}: no such file. Give the path of a .ckpt file written by task1 "
+                         f"(a run's checkpoints/last.ckpt or checkpoints/best.ckpt).")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):  # torch's words for a pickle that names other objects
+            names = re.findall(r"GLOBAL (\S+)", str(e))
+            raise Task1Error(f"{path} was refused: it holds objects other than tensors and plain data "
+                             f"({', '.join(names) or 'unknown globals'}), which could run code when loaded. "
+                             f"Only load checkpoints written by task1.") from None
+        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {e}).") from None
+    except Exception as e:
+        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {type(e).__name__}: {e}).") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise Task1Error(f"{path} is not a Lightning checkpoint (no state_dict in it).")
+    return checkpoint
+
+
+def check_compatible(path: str | Path, checkpoint: dict, model: torch.nn.Module) -> None:
+    """Raise Task1Error unless `checkpoint` holds exactly `model`'s parameters, with the same shapes."""
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if isinstance(v, torch.Tensor)}
+    if ours == theirs:
+        return
+    def names(keys) -> str:
+        keys = sorted(keys)
+        return ", ".join(keys[:4]) + (" ..." if len(keys) > 4 else "")
+
+    diff = [f"{what} {names(keys)}" for what, keys in (("the model has", set(ours) - set(theirs)),
+                                                         ("the checkpoint has", set(theirs) - set(ours))) if keys]
+    diff += [f"{k} is {theirs[k]} in the checkpoint, {ours[k]} in the model" for k in ours
+             if k in theirs and ours[k] != theirs[k]][:2]
+    model_cfg = checkpoint.get("hyper_parameters", {}).get("config", {}).get("model", {})
+    made_by = f" (it was written for model.net={model_cfg['net']['_target_']})" if "net" in model_cfg else ""
+    raise Task1Error(f"{path} is not a checkpoint of this model{made_by}: {'; '.join(diff)}. Choose the model "
+                     f"it was trained with, or another checkpoint.")

@@ -1,0 +1,59 @@
+"""A training process killed mid-epoch (SIGTERM, SIGKILL) resumes to exactly the metrics of an uninterrupted run."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, make_fashion_mnist, run_cli
+
+N_TRAIN, BATCH = 2000, 16
+STEPS_PER_EPOCH = N_TRAIN // BATCH  # 125
+
+
+@pytest.fixture(scope="module")
+def args(tmp_path_factory) -> list[str]:
+    root = make_fashion_mnist(tmp_path_factory.mktemp("fmnist_resume"), n_train=N_TRAIN, n_test=200)
+    return [f"data.root={root}", "trainer=cpu", "trainer.max_epochs=2", "model=mlp", "model.num_hiddens=64",
+            f"data.batch_size={BATCH}", "checkpoint_every_n_steps=20", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(args, tmp_path_factory) -> dict:
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    result = run_cli(*args, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_path, sig):
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *args, f"hydra.run.dir={run}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not last.exists() and proc.poll() is None:  # the first checkpoint: 20 of the epoch's 125 steps
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=300)[0]
+    if sig == signal.SIGTERM:  # stops at the end of the batch, saves, says how to go on
+        assert proc.returncode == 1, output[-3000:]
+        assert f"resume={run}" in output and "Traceback" not in output
+        assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL and not (run / "metrics.json").exists()
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert 0 < step < 2 * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH, f"not killed mid-epoch (step {step})"
+
+    runs_before = set(ROOT.glob("outputs/runs/*"))
+    result = run_cli(f"resume={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = json.loads((run / "metrics.json").read_text())
+    assert resumed["status"] == "completed"
+    assert resumed["final"] == uninterrupted["final"]  # exactly: same floats to the last bit
+    assert resumed["history"] == uninterrupted["history"]
+    assert set(ROOT.glob("outputs/runs/*")) == runs_before  # it went on in the same folder, made no new one
+    assert (run / ".hydra" / "overrides.yaml").read_text().count("resume=") == 0  # the first start's record kept
