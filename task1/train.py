@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
 from task1.models import System
+from task1.provenance import provenance
 
 log = logging.getLogger("task1")
 
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> dict:
     final.update({k: float(v) for k, v in test.items()})
     metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
                "wall_time_s": round(time.perf_counter() - start, 3), "final": final,
-               "history": system.history}
+               "history": system.history, "provenance": provenance()}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.true_w, datamodule.true_b
@@ -125,4 +126,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from task1.rerun import rerun_argv
+
+    sys.argv = rerun_argv(sys.argv)  # `--config-dir <run>/.hydra` runs that run's saved config again
     main()
