@@ -60,7 +60,7 @@ def summary_table(final: dict) -> str:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
-    start = time.perf_counter()
+    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
@@ -85,7 +85,7 @@ def train(cfg: DictConfig) -> dict:
     final.update({k: float(v) for k, v in test.items()})
     metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
                "wall_time_s": round(time.perf_counter() - start, 3), "final": final,
-               "history": system.history, "provenance": provenance()}
+               "history": system.history, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.true_w, datamodule.true_b
