@@ -32,9 +32,9 @@ def rerun_argv(argv: list[str]) -> list[str]:
     "rerun" would silently train the default model. Other uses of `--config-dir` pass through untouched.
     """
     args = list(argv)
-    for i, arg in enumerate(args[:-1]):
+    for i, arg in enumerate(args):
         name, _, value = arg.partition("=")
-        if name in CONFIG_DIR_FLAGS:
+        if name in CONFIG_DIR_FLAGS and (value or i + 1 < len(args)):
             path = Path(value or args[i + 1])
             if (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file():  # a saved run, not conf/
                 args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
