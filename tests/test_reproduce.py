@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from task1 import Task1Error
 from task1.eval import evaluate
 from task1.reproduce import EXPERIMENTS, available
+from task1.reproduce import main as reproduce
 from task1.train import build_system, train
 
 # what the book's code does: (its lr, its loss reduction, whether its hand-written sgd divides by batch_size)
@@ -82,10 +83,10 @@ def test_the_config_makes_the_books_update(name):
                    for p, q in zip(ours.parameters(), naive.parameters(), strict=True))
 
 
-def test_reproduce_3_2_passes_and_writes_the_table(tmp_path):
-    result = run_cli("-m", "task1.reproduce", "--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path),
-                     "logger=none")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def test_reproduce_3_2_passes_and_writes_the_table(tmp_path, capsys):
+    status = reproduce(["--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path), "logger=none"])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
     report = json.loads((tmp_path / "reproduce.json").read_text())
     assert report["passed"] and report["seeds"] == [0, 1, 2]
     (exp,) = report["experiments"]
@@ -96,7 +97,7 @@ def test_reproduce_3_2_passes_and_writes_the_table(tmp_path):
     assert loss["band"][0] < 5e-5 < loss["band"][1]  # the book's 0.000050 lies inside
     assert all(abs(e) < 0.01 for errors in exp["parameters"]["w_error"] for e in errors)
     table = (tmp_path / "reproduce.md").read_text()
-    assert "| d2l_3_2_linear_scratch | Dive-into-DL-PyTorch 3.2 | loss |" in table and table in result.stdout
+    assert "| d2l_3_2_linear_scratch | Dive-into-DL-PyTorch 3.2 | loss |" in table and table in out
     for seed in (0, 1, 2):  # one Hydra multirun job per seed, each with its config and provenance
         run = tmp_path / "runs" / "d2l_3_2_linear_scratch" / f"seed_{seed}"
         assert f"seed={seed}" in (run / ".hydra" / "overrides.yaml").read_text()
@@ -104,9 +105,9 @@ def test_reproduce_3_2_passes_and_writes_the_table(tmp_path):
 
 
 def test_reproduce_exits_1_when_a_run_misses_its_band(tmp_path):
-    result = run_cli("-m", "task1.reproduce", "--experiments", "d2l_3_3_linear_concise", "--seeds", "0",
-                     "--out", str(tmp_path), "logger=none", "optimizer.lr=0.001")
-    assert result.returncode == 1, result.stderr[-3000:]
+    status = reproduce(["--experiments", "d2l_3_3_linear_concise", "--seeds", "0", "--out", str(tmp_path),
+                        "logger=none", "optimizer.lr=0.001"])
+    assert status == 1
     (exp,) = json.loads((tmp_path / "reproduce.json").read_text())["experiments"]
     assert not exp["passed"] and not exp["rows"][0]["passed"]  # the loss is far above the book's
     assert "**FAIL**" in (tmp_path / "reproduce.md").read_text()
