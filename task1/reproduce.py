@@ -76,8 +76,12 @@ def _row(metric: str, reported, per_epoch: list[list[float]], final: list[float]
 
 def judge(reported: dict, metrics: list[dict]) -> list[dict]:
     """The rows of one experiment from its reported figures and the metrics.json of each seed's run."""
-    hist = lambda key: [[h[key] for h in m["history"]] for m in metrics]  # noqa: E731
-    final = lambda key: [m["final"][key] for m in metrics]  # noqa: E731
+    def hist(key: str) -> list[list[float]]:  # per seed, per epoch
+        return [[h[key] for h in m["history"]] for m in metrics]
+
+    def final(key: str) -> list[float]:  # per seed
+        return [m["final"][key] for m in metrics]
+
     kind, rows = reported["kind"], []
     if kind == "classification":
         acc = final("test/acc")
@@ -119,8 +123,7 @@ def collect(experiments: list[str], seeds: list[int], runs: Path) -> list[dict]:
         reported = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{name}.yaml").reported)
         folders = [runs / name / f"seed_{s}" for s in seeds]
         metrics = [json.loads((f / "metrics.json").read_text()) for f in folders if (f / "metrics.json").is_file()]
-        missing = [str(f) for f, s in zip(folders, seeds, strict=True)
-                   if not (f / "metrics.json").is_file()]
+        missing = [str(f) for f in folders if not (f / "metrics.json").is_file()]
         rows = judge(reported, metrics) if metrics else []
         entry = {"experiment": name, "source": reported["source"], "runs": [str(f) for f in folders],
                  "missing_runs": missing, "rows": rows,
@@ -174,10 +177,15 @@ def markdown(results: list[dict], seeds: list[int], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_list(text: str) -> list[int]:
+    """"0,1,2" -> [0, 1, 2]."""
+    return [int(s) for s in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m task1.reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", default="all", help="comma-separated names from conf/experiment/ (all)")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (0,1,2)")
+    parser.add_argument("--seeds", default=[0, 1, 2], type=seed_list, help="comma-separated seeds (0,1,2)")
     parser.add_argument("--out", help="output folder (outputs/reproduce/<date>_<time>)")
     parser.add_argument("--no-run", action="store_true", help="only rebuild the table from the runs in --out")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. trainer=gpu")
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no experiment {', '.join(unknown)} in {EXPERIMENTS}: choose from {', '.join(available())}",
               file=sys.stderr)
         return 2
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     if args.no_run and not args.out:
         parser.error("--no-run needs --out, the folder of an earlier reproduction")
     out = Path(args.out or ROOT / "outputs" / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
