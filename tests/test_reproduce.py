@@ -14,6 +14,7 @@ from task1 import Task1Error
 from task1.eval import evaluate
 from task1.reproduce import EXPERIMENTS, available
 from task1.reproduce import main as reproduce
+from task1.rerun import rerun_argv
 from task1.train import build_system, train
 
 # what the book's code does: (its lr, its loss reduction, whether its hand-written sgd divides by batch_size)
@@ -102,6 +103,10 @@ def test_reproduce_3_2_passes_and_writes_the_table(tmp_path, capsys):
         run = tmp_path / "runs" / "d2l_3_2_linear_scratch" / f"seed_{seed}"
         assert f"seed={seed}" in (run / ".hydra" / "overrides.yaml").read_text()
         assert json.loads((run / "metrics.json").read_text())["seed"] == seed
+    # a run that never finished fails its experiment, however good the others are
+    (run / "metrics.json").unlink()
+    assert reproduce(["--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path), "--no-run"]) == 1
+    assert "1 of 3 runs missing" in (tmp_path / "reproduce.md").read_text()
 
 
 def test_reproduce_exits_1_when_a_run_misses_its_band(tmp_path):
@@ -122,15 +127,27 @@ def test_rerun_from_the_run_folder_gives_bit_identical_metrics(fake_root, tmp_pa
     prov = metrics["provenance"]
     assert prov["python"] == platform.python_version() and prov["torch"].startswith(torch.__version__.split("+")[0])
     assert {"python", "lightning", "hydra-core", "git_commit", "git_dirty"} <= set(prov)
-    reruns = {"short": ("-m", "task1.rerun", str(run), f"hydra.run.dir={tmp_path / 'short'}"),
-              "hydra": ("--config-dir", str(run / ".hydra"), "--config-name", "config",
-                        f"hydra.run.dir={tmp_path / 'hydra'}")}
-    for name, args in reruns.items():
-        result = run_cli(*args)
-        assert result.returncode == 0, result.stderr[-3000:]
-        again = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert again["final"] == metrics["final"] and again["history"] == metrics["history"], name
-        assert (tmp_path / name / ".hydra" / "config.yaml").read_text() == (run / ".hydra" / "config.yaml").read_text()
+    # `task1.rerun <run>` is `task1.train --config-dir <run>/.hydra --config-name config`, rewritten by rerun_argv
+    result = run_cli("-m", "task1.rerun", str(run), f"hydra.run.dir={tmp_path / 'again'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["final"] == metrics["final"] and again["history"] == metrics["history"]
+    assert (tmp_path / "again" / ".hydra" / "config.yaml").read_text() == (run / ".hydra" / "config.yaml").read_text()
+
+
+def test_config_dir_of_a_run_folder_becomes_the_primary_config(tmp_path):
+    """Hydra searches --config-dir after conf/, whose config.yaml would win: a run's .hydra must be --config-path."""
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    (hydra_dir / "config.yaml").write_text("seed: 1\n")
+    (hydra_dir / "hydra.yaml").write_text("hydra: {}\n")
+    for flags in (["--config-dir", str(hydra_dir)], [f"--config-dir={hydra_dir}"], ["-cd", str(hydra_dir)]):
+        argv = rerun_argv(["train.py", *flags, "--config-name", "config", "hydra.run.dir=x"])
+        assert argv[:5] == ["train.py", "--config-path", str(hydra_dir), "--config-name", "config"]
+        assert "hydra.run.dir=x" in argv and sum(a.startswith("hydra.run.dir=") for a in argv) == 1
+        assert any(a.startswith("hydra.sweep.dir=outputs/multiruns/") for a in argv)
+    conf = ["train.py", "--config-dir", "conf"]  # an extra config folder, not a run: left alone
+    assert rerun_argv(conf) == conf
 
 
 def test_rerun_of_a_folder_that_is_not_a_run_says_so(tmp_path):
