@@ -22,6 +22,7 @@ from task1 import Task1Error, plots
 from task1.callbacks import PredictionFigures
 from task1.checkpoints import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
 from task1.models import System
+from task1.provenance import provenance
 from task1.runs import check_run_folder, failure_metrics, resume_argv
 from task1.schema import validate
 
@@ -67,7 +68,7 @@ def summary_table(final: dict) -> str:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
-    start = time.perf_counter()
+    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     validate(cfg)
     out = Path(cfg.get("resume") or cfg.output_dir)
     resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
@@ -118,7 +119,7 @@ def train(cfg: DictConfig) -> dict:
     final.update({k: float(v) for k, v in test.items()})
     metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
                "wall_time_s": round(time.perf_counter() - start, 3), "final": final,
-               "history": system.history}
+               "history": system.history, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.true_w, datamodule.true_b
@@ -163,6 +164,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from task1.rerun import rerun_argv
+
+    sys.argv = rerun_argv(sys.argv)  # `--config-dir <run>/.hydra` runs that run's saved config again
     try:
         sys.argv = resume_argv(sys.argv)  # resume=<run folder> -> that run's own overrides, into that folder
     except Task1Error as e:
