@@ -13,7 +13,7 @@ stamp=.venv/.task1-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing task1 and its dependencies into .venv (first time: a few minutes)" >&2
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet -e '.[dev,sweeps]'
   echo "$want" > "$stamp"
 fi
 

@@ -15,10 +15,12 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
 from task1.models import System
+from task1.sweep import log_hparams, prepare_ddp_relaunch, thread_budget
 
 log = logging.getLogger("task1")
 
@@ -62,8 +64,9 @@ def train(cfg: DictConfig) -> dict:
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    threads = thread_budget(cfg.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -75,6 +78,8 @@ def train(cfg: DictConfig) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, auto_insert_metric_name=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        prepare_ddp_relaunch(out)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
     trainer.fit(system, datamodule=datamodule)
@@ -94,34 +99,37 @@ def train(cfg: DictConfig) -> dict:
         write_json(out / "metrics.json", metrics)
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
             if isinstance(lg, TensorBoardLogger):
-                lg.log_hyperparams(_flat(system.hparams["config"]), {f"hparams/{k}": v for k, v in final.items()})
+                log_hparams(lg, system.hparams["config"], final, trainer.global_step)
         log.info("final metrics (%s)\n%s", out, summary_table(final))
     return metrics
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {"optimizer/lr": 0.1, ...} with scalar values, as the HParams tab wants."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flat(v, key + "/"))
-        elif k not in ("_target_", "_partial_"):
-            flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return flat
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    start = time.perf_counter()
     try:
         metrics = train(cfg)
-    except Task1Error as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on
+    except Exception as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
+            return _record_failure(cfg, e, time.perf_counter() - start)
+        if not isinstance(e, Task1Error):
+            raise
         log.error("%s", e)
         sys.exit(1)
     metric = cfg.get("optimized_metric")
     return metrics["final"].get(metric) if metric else None
+
+
+def _record_failure(cfg: DictConfig, e: Exception, seconds: float) -> None:
+    """Log a failed sweep job and leave its status and error in its metrics.json, for the sweep report."""
+    first = str(e).strip().split("\n")[0]
+    error = first if isinstance(e, Task1Error) else f"{type(e).__name__}: {first}" if first else type(e).__name__
+    log.error("job failed: %s", error, exc_info=not isinstance(e, Task1Error))
+    if rank_zero_only.rank == 0:
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "metrics.json", {"status": "failed", "error": error, "seed": cfg.get("seed"),
+                                          "wall_time_s": round(seconds, 3), "final": {}})
 
 
 if __name__ == "__main__":

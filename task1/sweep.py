@@ -1,0 +1,77 @@
+"""What a job needs to know about the sweep it runs in: its thread budget, DDP re-launch, the HParams record."""
+
+import os
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, read_write
+from torch.utils.tensorboard.summary import hparams
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def thread_budget(threads: int | None) -> int | None:
+    """Torch threads for this job: `threads` when set on the command line; under the joblib launcher, the
+    cores shared out among its parallel jobs (so n_jobs jobs never run more threads than there are cores)."""
+    if not HydraConfig.initialized():
+        return threads
+    hc = HydraConfig.get()
+    if any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in hc.overrides.task):
+        return threads
+    n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
+    if n_jobs is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_")):
+        return threads
+    cores = _cores()
+    parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 is all cores, -2 all but one
+    return max(1, cores // min(parallel, cores))
+
+
+def prepare_ddp_relaunch(output_dir: Path) -> None:
+    """Make Lightning's DDP launcher start the other ranks as this one job writing into `output_dir`.
+
+    Lightning re-runs `python -m task1.train <this process's argv> hydra.run.dir=<hydra.run.dir>`. Inside a
+    multirun that argv is the whole sweep and run.dir is not the job's folder: each rank would start a sweep of
+    its own. So the ranks get this job's overrides only, and run.dir is pointed at the job's folder.
+    """
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:  # not Hydra, or already a launched rank
+        return
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = str(output_dir)
+
+
+def hparams_record(config: dict, final: dict) -> tuple[dict, dict]:
+    """The HParams tab's view of a run: its config as scalar hyperparameters, its final metrics as hparams/*."""
+    flat = {}
+
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}/")
+            elif k not in ("_target_", "_partial_") and f"{prefix}{k}" != "output_dir":  # a folder, not a choice
+                flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(config, "")
+    return flat, {f"hparams/{k}": v for k, v in final.items()}
+
+
+def log_hparams(logger, config: dict, final: dict, step: int) -> None:
+    """Record this run in the HParams tab of a Lightning TensorBoardLogger: hyperparameters and final metrics.
+
+    Only the session is written, no experiment summary: TensorBoard then builds the table from every run's
+    session, so jobs with different keys (optimizer=sgd,adam) all show theirs (given one summary per run, it
+    takes the first run's columns for all).
+    """
+    params, metrics = hparams_record(config, final)
+    logger.log_metrics(metrics, step)
+    _, start, end = hparams(params, metrics)
+    writer = logger.experiment._get_file_writer()
+    writer.add_summary(start, step)
+    writer.add_summary(end, step)
+    writer.flush()
