@@ -87,21 +87,27 @@ def _rows(jobs: list[dict], params: list[str], metrics: list[str]) -> tuple[list
 
 
 def _cell(v: Any) -> str:
-    text = f"{v:.4f}" if isinstance(v, float) else str(v)
+    if isinstance(v, str) and _as_float(v) is not None and not v.isdigit():
+        v = float(v)  # a swept 0.08471801418819976 reads better as 0.08472
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
     return text.replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None) -> str:
-    """The report as Markdown: a counts line, the best job, the table, the plot."""
+    """The report as Markdown: counts, the overrides every job shares, the best job, the table, the plot."""
     header, rows = _rows(jobs, params, metric_names(jobs))
+    keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "failed", "incomplete")}
     lines = [f"# Sweep {sweep}", "", f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
+    if shared:
+        lines.append(f"\nEvery job: `{' '.join(shared)}`")
     best = best_job(jobs, metric) if metric else None
     if best:
-        overrides = " ".join(f"{k}={v}" for k, v in best["overrides"].items())
-        lines.append(f"\nBest {metric}: **{best['final'][metric]:.4f}**, job {best['job']} ({overrides})")
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+        swept = " ".join(f"{k}={best['overrides'][k]}" for k in params if k in best["overrides"])
+        lines.append(f"\nBest {metric}: **{best['final'][metric]:.4f}**, job {best['job']} ({swept})")
+    lines += ["", "| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
     if metric and params:
         lines += ["", f"![{metric} against each swept parameter](summary.png)"]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, read_write
+from torch import distributed as dist
 from torch.utils.tensorboard.summary import hparams
 
 
@@ -30,15 +31,33 @@ def thread_budget(threads: int | None) -> int | None:
     return max(1, cores // min(parallel, cores))
 
 
+# what Lightning's DDP launcher sets in the environment of the process that starts the other ranks
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_env_before_ddp: dict[str, str | None] | None = None
+
+
 def prepare_ddp_relaunch(output_dir: Path) -> None:
     """Make Lightning's DDP launcher start the other ranks as this one job writing into `output_dir`.
 
     Lightning re-runs `python -m task1.train <this process's argv> hydra.run.dir=<hydra.run.dir>`. Inside a
     multirun that argv is the whole sweep and run.dir is not the job's folder: each rank would start a sweep of
-    its own. So the ranks get this job's overrides only, and run.dir is pointed at the job's folder.
+    its own. So the ranks get this job's overrides only, and run.dir is pointed at the job's folder. A previous
+    DDP job of the same sweep left its process group and environment behind: both are cleared first, or this
+    job would take itself for a rank started by someone else and talk to the finished job's ranks.
     """
-    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:  # not Hydra, or already a launched rank
+    global _env_before_ddp
+    if _env_before_ddp is not None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in _env_before_ddp.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _env_before_ddp = None
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:  # not Hydra, or a rank started by a launcher
         return
+    _env_before_ddp = {k: os.environ.get(k) for k in _DDP_ENV}
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:
         sys.argv = [sys.argv[0], *hc.overrides.task]

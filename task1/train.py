@@ -88,13 +88,15 @@ def train(cfg: DictConfig) -> dict:
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
     metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
-               "wall_time_s": round(time.perf_counter() - start, 3), "final": final,
+               "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(), "final": final,
                "history": system.history}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.true_w, datamodule.true_b
         metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b,
                        w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
+    if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
+        log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
