@@ -65,16 +65,22 @@ def prepare_ddp_relaunch(output_dir: Path) -> None:
         hc.run.dir = str(output_dir)
 
 
-def hparams_record(config: dict, final: dict) -> tuple[dict, dict]:
-    """The HParams tab's view of a run: its config as scalar hyperparameters, its final metrics as hparams/*."""
-    flat = {}
+# not choices: where files go, and model.net/model.loss, which only repeat model.* by interpolation
+_NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download")
+
+
+def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tuple[dict, dict]:
+    """The HParams tab's view of a run: the config groups chosen (model=mlp) and the config's scalars as
+    hyperparameters, the final metrics as hparams/*."""
+    flat = {k: str(v) for k, v in (choices or {}).items() if not k.startswith("hydra/") and v is not None}
 
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():
+            key = f"{prefix}{k}"
             if isinstance(v, dict):
-                walk(v, f"{prefix}{k}/")
-            elif k not in ("_target_", "_partial_") and f"{prefix}{k}" != "output_dir":  # a folder, not a choice
-                flat[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+                walk(v, key + "/")
+            elif k not in ("_target_", "_partial_") and not key.startswith(_NOT_HPARAMS):
+                flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
 
     walk(config, "")
     return flat, {f"hparams/{k}": v for k, v in final.items()}
@@ -87,7 +93,8 @@ def log_hparams(logger, config: dict, final: dict, step: int) -> None:
     session, so jobs with different keys (optimizer=sgd,adam) all show theirs (given one summary per run, it
     takes the first run's columns for all).
     """
-    params, metrics = hparams_record(config, final)
+    choices = OmegaConf.to_container(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    params, metrics = hparams_record(config, final, choices)
     logger.log_metrics(metrics, step)
     _, start, end = hparams(params, metrics)
     writer = logger.experiment._get_file_writer()
