@@ -144,7 +144,18 @@ def test_optuna_search_runs_six_trials_and_names_the_best(fake_root, tmp_path):
     named = re.search(r"Best val/acc: \*\*([0-9.]+)\*\*, job (\d+)", (sweep / "summary.md").read_text())
     assert float(named[1]) == pytest.approx(result["best_value"], abs=5e-5) and accs[named[2]] == result["best_value"]
     hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    assert hydra_cfg["sweeper"]["sampler"]["seed"] == 42 and hydra_cfg["runtime"]["choices"]["model"] == "mlp"
+    assert hydra_cfg["runtime"]["choices"]["model"] == "mlp"
+
+
+def test_optuna_search_is_seeded_and_maximises_the_returned_metric():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", return_hydra_config=True, overrides=["hparams_search=optuna", "seed=7"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 7
+    assert cfg.optimized_metric == "val/acc" and cfg.model.num_hiddens == 256
+    assert set(sweeper.params) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size",
+                                   "model.num_hiddens"}
 
 
 @pytest.mark.slow
