@@ -10,6 +10,8 @@ from omegaconf import OmegaConf, read_write
 from torch import distributed as dist
 from torch.utils.tensorboard.summary import hparams
 
+from task1 import Task1Error
+
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -57,8 +59,14 @@ def prepare_ddp_relaunch(output_dir: Path) -> None:
         _env_before_ddp = None
     if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:  # not Hydra, or a rank started by a launcher
         return
-    _env_before_ddp = {k: os.environ.get(k) for k in _DDP_ENV}
     hc = HydraConfig.get()
+    entry = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
+    if hc.mode == RunMode.MULTIRUN and entry != "task1.train" and "SLURM_JOB_ID" not in os.environ:
+        raise Task1Error("trainer=ddp in a multirun needs the default launcher (jobs one after the other): Lightning "
+                         "starts the other ranks by running `python -m task1.train` again, which a joblib or "
+                         "submitit_local worker is not. On SLURM, use hydra/launcher=slurm with tasks_per_node set "
+                         "to trainer.devices.")
+    _env_before_ddp = {k: os.environ.get(k) for k in _DDP_ENV}
     if hc.mode == RunMode.MULTIRUN:
         sys.argv = [sys.argv[0], *hc.overrides.task]
     with read_write(hc):
