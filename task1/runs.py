@@ -59,6 +59,6 @@ def failure_metrics(error: BaseException, history: list, seed: int | None,
         replacement = Task1Error(reason)
     else:
         status, reason = "failed", f"{type(error).__name__}: {error}"
-    metrics = {"status": status, "reason": reason, "seed": seed, "epochs": len(history), "final": {},
+    metrics = {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {},
                "history": history}
     return metrics, replacement

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, plots
@@ -25,6 +26,7 @@ from task1.models import System
 from task1.provenance import provenance
 from task1.runs import check_run_folder, failure_metrics, resume_argv
 from task1.schema import validate
+from task1.sweep import log_hparams, prepare_ddp_relaunch, thread_budget
 
 log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
@@ -73,8 +75,9 @@ def train(cfg: DictConfig) -> dict:
     out = Path(cfg.get("resume") or cfg.output_dir)
     resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    threads = thread_budget(cfg.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -101,6 +104,8 @@ def train(cfg: DictConfig) -> dict:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
         callbacks.append(predictions)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        prepare_ddp_relaunch(out)
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
@@ -118,8 +123,8 @@ def train(cfg: DictConfig) -> dict:
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
     metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
-               "wall_time_s": round(time.perf_counter() - start, 3), "final": final,
-               "history": system.history, "provenance": origin}
+               "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
+               "final": final, "history": system.history, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.true_w, datamodule.true_b
@@ -127,40 +132,43 @@ def train(cfg: DictConfig) -> dict:
                        w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
     if predictions:
         metrics["per_class_acc"] = predictions.per_class_acc
+    if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
+        log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         if figures["enabled"]:
             plots.run_figures(metrics, out / "figures")
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
             if isinstance(lg, TensorBoardLogger):
-                lg.log_hyperparams(_flat(system.hparams["config"]), {f"hparams/{k}": v for k, v in final.items()})
+                log_hparams(lg, system.hparams["config"], final, trainer.global_step)
         log.info("final metrics (%s)\n%s", out, summary_table(final))
     return metrics
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested config -> {"optimizer/lr": 0.1, ...} with scalar values, as the HParams tab wants."""
-    flat = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            flat.update(_flat(v, key + "/"))
-        elif k not in ("_target_", "_partial_"):
-            flat[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return flat
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    start = time.perf_counter()
     try:
         metrics = train(cfg)
-    except Task1Error as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the sweep records this job as failed and goes on
+    except Exception as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
+            return _record_failure(cfg, e, time.perf_counter() - start)
+        if not isinstance(e, Task1Error):
+            raise
         log.error("%s", e)
         sys.exit(1)
     metric = cfg.get("optimized_metric")
     return metrics["final"].get(metric) if metric else None
+
+
+def _record_failure(cfg: DictConfig, e: Exception, seconds: float) -> None:
+    """Log a failed sweep job; make sure its metrics.json says so, for the sweep report."""
+    log.error("job failed: %s", str(e).strip().split("\n")[0], exc_info=not isinstance(e, Task1Error))
+    out = Path(cfg.output_dir)
+    if rank_zero_only.rank == 0 and not (out / "metrics.json").exists():  # train() records failures in fit itself
+        out.mkdir(parents=True, exist_ok=True)
+        metrics, _ = failure_metrics(e, [], cfg.get("seed"), out)
+        write_json(out / "metrics.json", {**metrics, "wall_time_s": round(seconds, 3)})
 
 
 if __name__ == "__main__":

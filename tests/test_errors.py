@@ -163,7 +163,7 @@ def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(make_c
         train(make_cfg("model=linear", "optimizer.lr=50", "trainer.max_epochs=2", "checkpoint_every_n_steps=1"))
     step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and metrics["reason"] == str(e.value)
+    assert metrics["status"] == "failed" and metrics["error"] == str(e.value)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == step - 1  # the step before: every step wrote a checkpoint until then
     assert all(v.isfinite().all() for v in last["state_dict"].values())
