@@ -99,12 +99,13 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):  # torch's words for a pickle that names other objects
-            names = re.findall(r"GLOBAL (\S+)", str(e))
+        names = re.findall(r"GLOBAL (\S+)", str(e))  # torch's words for a pickle that names other objects
+        if names:
             raise Task1Error(f"{path} was refused: it holds objects other than tensors and plain data "
-                             f"({', '.join(names) or 'unknown globals'}), which could run code when loaded. "
+                             f"({', '.join(names)}), which could run code when loaded. "
                              f"Only load checkpoints written by task1.") from None
-        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {e}).") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable pickle"
+        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {first}).") from None
     except Exception as e:
         raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {type(e).__name__}: {e}).") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:

@@ -15,29 +15,25 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
+from task1.checkpoints import load_checkpoint
 from task1.train import build_system, summary_table
 
 log = logging.getLogger("task1")
 
 
-def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
+def run_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
     """The run's config and the model's state_dict from a task1 checkpoint (no pickled objects are loaded)."""
-    path = Path(ckpt_path)
-    if not path.is_file():
-        raise Task1Error(f"ckpt_path={ckpt_path}: no such file. Pass a checkpoint of a run, e.g. "
-                         f"outputs/runs/<run>/checkpoints/last.ckpt.")
+    ckpt = load_checkpoint(ckpt_path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        config, state_dict = ckpt["hyper_parameters"]["config"], ckpt["state_dict"]
-    except Exception as e:  # truncated file, another program's checkpoint, a pickle that needs code
-        raise Task1Error(f"ckpt_path={ckpt_path} is not a task1 checkpoint ({type(e).__name__} on loading it "
-                         f"with weights_only=True). Pass a checkpoint written by python -m task1.train.") from None
-    return OmegaConf.create(config), state_dict
+        return OmegaConf.create(ckpt["hyper_parameters"]["config"]), ckpt["state_dict"]
+    except (KeyError, TypeError):  # another program's checkpoint
+        raise Task1Error(f"ckpt_path={ckpt_path} is not a task1 checkpoint (it has no run config). Pass a "
+                         f"checkpoint written by python -m task1.train.") from None
 
 
 def evaluate(ckpt_path: str | Path, overrides: list[str] = ()) -> dict[str, float]:
     """Test the checkpointed model on its run's test split; return {"test/loss": ..., "test/acc": ...}."""
-    cfg, state_dict = load_checkpoint(ckpt_path)
+    cfg, state_dict = run_checkpoint(ckpt_path)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)

@@ -163,7 +163,7 @@ def test_eval_of_a_checkpoint_gives_the_runs_test_accuracy(make_cfg, tmp_path):
     assert best["test/acc"] == pytest.approx(max(h["val/acc"] for h in metrics["history"]), abs=1e-7)  # float32
     with pytest.raises(Task1Error, match="no such file"):
         evaluate(tmp_path / "missing.ckpt")
-    with pytest.raises(Task1Error, match="not a task1 checkpoint"):
+    with pytest.raises(Task1Error, match="is not a checkpoint"):
         evaluate(tmp_path / "metrics.json")
 
 
