@@ -104,8 +104,8 @@ def load_checkpoint(path: str | Path) -> dict:
             raise Task1Error(f"{path} was refused: it holds objects other than tensors and plain data "
                              f"({', '.join(names)}), which could run code when loaded. "
                              f"Only load checkpoints written by task1.") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unreadable pickle"
-        raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {first}).") from None
+        raise Task1Error(f"{path} is not a checkpoint: torch.load cannot read it as tensors and plain data. "
+                         f"Give the path of a .ckpt file written by task1.") from None
     except Exception as e:
         raise Task1Error(f"{path} is not a checkpoint (torch.load failed: {type(e).__name__}: {e}).") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
