@@ -104,8 +104,8 @@ def test_failed_job_is_reported_and_the_others_complete(fake_root, tmp_path):
     jobs = jobs_of(sweep)
     # jobs: (-1, 0) (-1, 100000) (0.1, 0) (0.1, 100000); only the third can train
     assert [jobs[k]["status"] for k in "0123"] == ["failed", "failed", "completed", "failed"]
-    assert jobs["0"]["error"].startswith("ValueError: Invalid learning rate: -1")
-    assert jobs["3"]["error"].startswith("data.val_size=100000 but the training set has 600 examples")
+    assert jobs["0"]["error"].startswith("optimizer.lr=-1 is not allowed")  # refused before anything is built
+    assert jobs["3"]["error"].startswith("data.val_size=100000 is not allowed: expected 0 up to 599")
     rows = report_rows(sweep)
     assert [r["status"] for r in rows] == ["failed", "failed", "completed", "failed"]
     assert rows[0]["error"] == jobs["0"]["error"] and rows[0]["val/acc"] == "" and float(rows[2]["val/acc"]) > 0
