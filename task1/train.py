@@ -13,7 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,9 +57,8 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
-    start = time.perf_counter()
+def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[L.LightningDataModule, System, L.Trainer]:
+    """The data module, system and trainer that `train(cfg)` fits (also what scripts/bench.py times)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads is not None:
@@ -75,8 +74,16 @@ def train(cfg: DictConfig) -> dict:
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                                  save_last=True, save_top_k=1, auto_insert_metric_name=False)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint], default_root_dir=str(out),
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=[checkpoint, *callbacks], default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
+    return datamodule, system, trainer
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    datamodule, system, trainer = build(cfg)
     trainer.fit(system, datamodule=datamodule)
     test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
 
