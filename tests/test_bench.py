@@ -1,4 +1,4 @@
-"""scripts/bench.py in its tiny mode (so it cannot rot), and the exactness of the step's lean metric sums."""
+"""scripts/bench.py in its tiny mode (so it cannot rot), and per-epoch metrics that stay exact over uneven batches."""
 
 import json
 import subprocess

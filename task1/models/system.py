@@ -34,7 +34,7 @@ class System(L.LightningModule):
         self.loss_reduction, self.task = loss_reduction, task
         self.scheduler_interval, self.scheduler_frequency = scheduler_interval, scheduler_frequency
         self.history: list[dict] = []  # one dict of metrics per finished epoch
-        self._sums: dict[str, tuple] = {}
+        self._sums: dict[str, torch.Tensor] = {}
         self._last: dict[str, dict] = {}
 
     @property
@@ -54,19 +54,17 @@ class System(L.LightningModule):
         y_hat = self.net(X)
         loss = self.loss(y_hat, y, reduction=self.loss_reduction)
         n = len(y)
-        loss_sum = loss.detach().float() * n if self.loss_reduction == "mean" else loss.detach().float()
-        correct = (y_hat.argmax(dim=1) == y).sum() if self.classify else 0
-        # (sum of per-example losses, correct predictions, examples): two tensor adds a step, the count on the host
-        sums = self._sums.get(stage)
-        self._sums[stage] = (loss_sum, correct, n) if sums is None else (sums[0] + loss_sum, sums[1] + correct,
-                                                                         sums[2] + n)
+        loss_sum = loss.detach() * n if self.loss_reduction == "mean" else loss.detach()
+        correct = (y_hat.argmax(dim=1) == y).sum() if self.classify else torch.zeros((), device=y.device)
+        # [sum of per-example losses, correct predictions, examples]
+        update = torch.stack([loss_sum.float(), correct.float(), torch.tensor(float(n), device=y.device)])
+        self._sums[stage] = self._sums[stage] + update if stage in self._sums else update
         return loss
 
     def _epoch_metrics(self, stage: str) -> dict[str, float]:
         sums = self._sums.pop(stage, None)
         if sums is None:
             return {}
-        sums = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in sums])
         loss_sum, correct, n = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
         metrics = {f"{stage}/loss": loss_sum / n}
         if self.classify:
