@@ -6,7 +6,9 @@ import os
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import lightning as L
@@ -14,7 +16,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -47,7 +49,7 @@ def build_system(cfg: DictConfig) -> System:
     interval, frequency = scheduler.pop("interval", "epoch"), scheduler.pop("frequency", 1)
     return System(
         net=instantiate(cfg.model.net),
-        loss=instantiate(cfg.model.loss),
+        loss=_plain_partial(instantiate(cfg.model.loss)),
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(scheduler) if scheduler else None,
         loss_reduction=cfg.model.loss_reduction,
@@ -55,6 +57,12 @@ def build_system(cfg: DictConfig) -> System:
         scheduler_interval=interval,
         scheduler_frequency=frequency,
     )
+
+
+def _plain_partial(fn):
+    """Hydra's `_partial_` object re-runs its target-policy check on every call (about 0.4 ms, as much as a whole
+    softmax step): the loss, called every step, becomes a plain functools.partial of the target Hydra checked."""
+    return partial(fn.func, *fn.args, **fn.keywords) if isinstance(fn, partial) else fn
 
 
 def summary_table(final: dict) -> str:
@@ -68,9 +76,19 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: DictConfig) -> dict:
-    """Fit, then test, the configured model; write `metrics.json` into `cfg.output_dir`; return its contents."""
-    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
+class Built(NamedTuple):
+    """What `train(cfg)` fits: also what scripts/bench.py times."""
+
+    datamodule: L.LightningDataModule
+    system: System
+    trainer: L.Trainer
+    out: Path  # the run folder
+    resume_from: Path | None  # the checkpoint a resumed run goes on from
+    predictions: PredictionFigures | None
+
+
+def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
+    """Validate `cfg`, then build the data module, the system and the trainer (with `callbacks` added)."""
     validate(cfg)
     out = Path(cfg.get("resume") or cfg.output_dir)
     resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
@@ -98,7 +116,7 @@ def train(cfg: DictConfig) -> dict:
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
-    callbacks, predictions = [FiniteLoss(), best, last], None
+    callbacks, predictions = [FiniteLoss(), best, last, *callbacks], None
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
@@ -109,6 +127,13 @@ def train(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
                           deterministic=cfg.seed is not None)
+    return Built(datamodule, system, trainer, out, resume_from, predictions)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
+    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
+    datamodule, system, trainer, out, resume_from, predictions = build(cfg)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
@@ -136,7 +161,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
-        if figures["enabled"]:
+        if (cfg.get("figures") or {}).get("enabled"):
             plots.run_figures(metrics, out / "figures")
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
             if isinstance(lg, TensorBoardLogger):

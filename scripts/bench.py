@@ -1,0 +1,222 @@
+"""Per-epoch time of task1's training path against a hand-written loop and the textbook pipeline.
+
+    python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny]
+
+For softmax regression and the MLP it times, in one process and interleaved (A, B, C, A, B, C, ...) so that
+machine noise hits all three alike:
+  A  the textbook pipeline: torchvision FashionMNIST with transforms.ToTensor() per item, DataLoader(batch 256,
+     shuffle), a plain loop (the book's train_ch3 with its test-set accuracy);
+  B  a plain hand-written loop over the same images held in memory as one tensor (the floor);
+  C  task1's own path: the config `python -m task1.train model=...` composes, built by task1.train.build
+     (same data module, LightningModule, callbacks, logger), run by Trainer.fit.
+"train" is the pass over the training batches; "epoch" is everything one epoch costs (for C: training,
+validation, logging, checkpoints; for A and B: training and test accuracy). Figures are medians over the
+epochs after the first (warm-up) one. Start-up is measured on subprocesses: process start to the first training
+step of `python -m task1.train` (the wall time of its first TensorBoard event) against `python -c "import lightning"`.
+Uses the real Fashion-MNIST in data/ when present, else generated data of the same shape.
+"""
+
+import argparse
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's task1, also when another copy is installed
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+from torchvision import datasets, transforms  # noqa: E402
+
+from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
+from task1.train import build, write_json  # noqa: E402
+
+MODELS = ("softmax", "mlp")
+
+
+def data_root(tiny: bool, tmp: Path) -> tuple[Path, str]:
+    """The real data set's root, or one holding generated IDX files of the same shape; and which it is."""
+    real = ROOT / "data"
+    raw = real / "FashionMNIST" / "raw"
+    if not tiny and all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in FILES):
+        prepare_files(real, download=False)
+        return real, "real Fashion-MNIST"
+    n_train, n_test = (1024, 512) if tiny else (60_000, 10_000)
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28) +
+                                                         images.numpy().tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+    return tmp, f"generated data ({n_train} train, {n_test} test)"
+
+
+def plain_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, train_batches: Iterable,
+                eval_batches: Iterable) -> tuple[float, float]:
+    """One epoch of the book's loop: SGD over train_batches, then accuracy on eval_batches; (train s, epoch s)."""
+    start = time.perf_counter()
+    for X, y in train_batches:
+        loss = F.cross_entropy(net(X), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    trained = time.perf_counter()
+    with torch.no_grad():
+        sum(int((net(X).argmax(dim=1) == y).sum()) for X, y in eval_batches)
+    return trained - start, time.perf_counter() - start
+
+
+def shuffled(X: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A fresh random order each epoch, as index-gathers of the in-memory tensors."""
+    idx = torch.randperm(len(X))
+    for i in range(0, len(X), batch_size):
+        j = idx[i:i + batch_size]
+        yield X[j], y[j]
+
+
+class Interleave(Callback):
+    """Times each of C's epochs, from its start to the next one's, and runs one epoch of A and B in between."""
+
+    def __init__(self, between: Callable[[], None]):
+        self.between, self.start = between, None
+        self.train_s: list[float] = []
+        self.epoch_s: list[float] = []
+
+    def _close(self) -> None:
+        if self.start is not None:
+            self.epoch_s.append(time.perf_counter() - self.start)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._close()
+        self.between()
+        self.start = time.perf_counter()
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.train_s.append(time.perf_counter() - self.start)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+
+
+def compose_cfg(*overrides: str):
+    """The config `python -m task1.train <overrides>` runs."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def median_after_warmup(times: list[float], warmup: int) -> float:
+    return statistics.median(times[warmup:])
+
+
+def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int) -> dict:
+    """A, B and C for one model, interleaved epoch by epoch; median times and the ratios."""
+    cfg = compose_cfg(f"model={model}", f"data.root={root}", f"threads={threads}",
+                      f"trainer.max_epochs={warmup + epochs}", f"output_dir={tmp / model}")
+    bs, eval_bs, lr = cfg.data.batch_size, cfg.data.eval_batch_size, cfg.optimizer.lr
+    to_tensor = transforms.ToTensor()
+    book_train = DataLoader(datasets.FashionMNIST(str(root), train=True, transform=to_tensor), bs, shuffle=True)
+    book_test = DataLoader(datasets.FashionMNIST(str(root), train=False, transform=to_tensor), bs)
+    (X, y), (Xt, yt) = read_split(root, train=True), read_split(root, train=False)
+    test_slices = [(Xt[i:i + eval_bs], yt[i:i + eval_bs]) for i in range(0, len(Xt), eval_bs)]
+    nets = {k: instantiate(cfg.model.net) for k in "AB"}
+    opts = {k: torch.optim.SGD(net.parameters(), lr=lr) for k, net in nets.items()}
+    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+
+    def between() -> None:
+        runs["A"].append(plain_epoch(nets["A"], opts["A"], book_train, book_test))
+        runs["B"].append(plain_epoch(nets["B"], opts["B"], shuffled(X, y, bs), test_slices))
+
+    timer = Interleave(between)
+    datamodule, system, trainer = build(cfg, callbacks=(timer,))[:3]
+    trainer.fit(system, datamodule=datamodule)
+    times = {k: {"train_s": median_after_warmup([t for t, _ in v], warmup),
+                 "epoch_s": median_after_warmup([e for _, e in v], warmup)} for k, v in runs.items()}
+    times["C"] = {"train_s": median_after_warmup(timer.train_s, warmup),
+                  "epoch_s": median_after_warmup(timer.epoch_s, warmup)}
+    ratio = {f"{a}/{b}": {k: times[a][k] / times[b][k] for k in ("train_s", "epoch_s")} for a, b in (("C", "B"),
+                                                                                                        ("A", "C"))}
+    return {**times, **ratio}
+
+
+def first_step_s(root: Path, run: Path, threads: int) -> float:
+    """Seconds from starting `python -m task1.train` to its first training step (its first TensorBoard event)."""
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "task1.train", f"data.root={root}", f"threads={threads}",
+                             "trainer.max_epochs=1", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"python -m task1.train failed:\n{result.stderr[-3000:]}")
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return events.Scalars("train/loss_step")[0].wall_time - start
+
+
+def import_lightning_s() -> float:
+    start = time.time()
+    subprocess.run([sys.executable, "-c", "import lightning"], check=True)
+    return time.time() - start
+
+
+def bench_startup(root: Path, tmp: Path, threads: int, repeats: int) -> dict:
+    """Median start-up of `python -m task1.train` and of `import lightning`, interleaved; and the difference."""
+    lightning_s, task1_s = [], []
+    for r in range(repeats):
+        lightning_s.append(import_lightning_s())
+        task1_s.append(first_step_s(root, tmp / f"startup{r}", threads))
+    out = {"import_lightning_s": statistics.median(lightning_s), "first_step_s": statistics.median(task1_s)}
+    return {**out, "overhead_s": out["first_step_s"] - out["import_lightning_s"]}
+
+
+def report(result: dict) -> str:
+    """The benchmark as a text table."""
+    names = {"A": "A textbook", "B": "B hand loop", "C": "C task1", "C/B": "C/B", "A/C": "A/C"}
+    lines = [f"threads {result['threads']}, {result['data']}, batch 256, median of {result['epochs']} epochs "
+             f"after {result['warmup']} warm-up", f"{'model':<8} {'pipeline':<12} {'train s':>9} {'epoch s':>9}"]
+    for model, row in result["models"].items():
+        for key, name in names.items():
+            fmt = "{:>9.2f}" if "/" in key else "{:>9.3f}"
+            lines.append(f"{model:<8} {name:<12} " + " ".join(fmt.format(row[key][k]) for k in ("train_s", "epoch_s")))
+    s = result["startup"]
+    lines.append(f"start-up: python -m task1.train to its first step {s['first_step_s']:.2f} s, "
+                 f"import lightning {s['import_lightning_s']:.2f} s, overhead {s['overhead_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for all pipelines (default 1)")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up one (default 3)")
+    parser.add_argument("--startup-repeats", type=int, default=3, help="start-up runs of each kind (default 3)")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--tiny", action="store_true", help="a few batches of generated data, one timed epoch")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json", help="where to write JSON")
+    args = parser.parse_args()
+    epochs, repeats = (1, 1) if args.tiny else (args.epochs, args.startup_repeats)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, data = data_root(args.tiny, Path(tmp) / "data")
+        result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1,
+                  "models": {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1) for m in args.models},
+                  "startup": bench_startup(root, Path(tmp), args.threads, repeats)}
+    print(report(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, result)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

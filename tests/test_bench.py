@@ -1,0 +1,48 @@
+"""scripts/bench.py in its tiny mode (so it cannot rot), and per-epoch metrics that stay exact over uneven batches."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT
+
+from task1.train import build
+
+
+def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--out", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert bench["threads"] == 1 and bench["data"].startswith("generated")
+    for model in ("softmax", "mlp"):
+        row = bench["models"][model]
+        for key in ("A", "B", "C"):  # an epoch is its training pass and more
+            assert 0 < row[key]["train_s"] <= row[key]["epoch_s"]
+        for a, b in (("C", "B"), ("A", "C")):
+            assert row[f"{a}/{b}"]["epoch_s"] == pytest.approx(row[a]["epoch_s"] / row[b]["epoch_s"])
+    startup = bench["startup"]
+    assert startup["first_step_s"] > 0 and startup["import_lightning_s"] > 0
+    assert startup["overhead_s"] == pytest.approx(startup["first_step_s"] - startup["import_lightning_s"])
+    assert "C/B" in result.stdout and "start-up" in result.stdout
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_epoch_metrics_are_exact_means_over_uneven_batches(make_cfg, reduction):
+    # lr 0 keeps the weights fixed, so the epoch's train loss is the initial model's mean loss over the split;
+    # 600 train / 200 test examples in batches of 64 end with short batches that must weigh less
+    cfg = make_cfg("model=mlp", "model.num_hiddens=16", "optimizer.lr=0", f"model.loss_reduction={reduction}",
+                   "data.eval_batch_size=64", "model.init_std=0.5")
+    datamodule, system, trainer = build(cfg)[:3]
+    trainer.fit(system, datamodule=datamodule)
+    record = system.history[0]
+    with torch.no_grad():
+        for split in ("train", "val"):
+            X, y = datamodule.splits[split]
+            y_hat = system.net(X)
+            assert record[f"{split}/loss"] == pytest.approx(float(F.cross_entropy(y_hat, y)), rel=1e-5)
+            assert record[f"{split}/acc"] == float((y_hat.argmax(dim=1) == y).sum()) / len(y)
