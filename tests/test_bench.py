@@ -33,9 +33,10 @@ def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_epoch_metrics_are_exact_means_over_uneven_batches(make_cfg, reduction):
-    # lr 0 keeps the weights fixed, so the epoch's train loss is the initial model's mean loss over the split;
+    # lr 1e-30 leaves float32 weights unchanged (lr 0 is refused), so the epoch's train loss is the initial
+    # model's mean loss over the split;
     # 600 train / 200 test examples in batches of 64 end with short batches that must weigh less
-    cfg = make_cfg("model=mlp", "model.num_hiddens=16", "optimizer.lr=0", f"model.loss_reduction={reduction}",
+    cfg = make_cfg("model=mlp", "model.num_hiddens=16", "optimizer.lr=1e-30", f"model.loss_reduction={reduction}",
                    "data.eval_batch_size=64", "model.init_std=0.5")
     datamodule, system, trainer = build(cfg)[:3]
     trainer.fit(system, datamodule=datamodule)
