@@ -68,7 +68,9 @@ class TensorLoader:
             else:
                 idx = torch.arange(len(self.X))
             idx = idx[self.rank::self.world_size][:n].to(self.X.device)
-            batches = ((self.X[j], self.y[j]) for j in (idx[i:i + bs] for i in range(start, n, bs)))
+            # index_select: the same gather as X[j], about twice as fast on the CPU
+            batches = ((self.X.index_select(0, j), self.y.index_select(0, j))
+                       for j in (idx[i:i + bs] for i in range(start, n, bs)))
         for batch in batches:
             # Lightning fetches no batch ahead from a loader that has a length: whenever it saves a checkpoint,
             # this is the number of batches trained in the epoch

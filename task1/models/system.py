@@ -37,6 +37,15 @@ class System(L.LightningModule):
         self._sums: dict[str, torch.Tensor] = {}
         self._last: dict[str, dict] = {}
 
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning names the running hook in `_current_fx_name` twice per hook call, 44 times a training step;
+        # nn.Module.__setattr__ spends ~3 us each looking for parameters, buffers and submodules (~140 us a step,
+        # a tenth of a softmax-regression step here). A string is none of those.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     @property
     def classify(self) -> bool:
         return self.task == "classification"
