@@ -8,14 +8,13 @@ loop does, without data or a Trainer: per epoch after each epoch, or per step af
 
 import logging
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
 from omegaconf import DictConfig
 
-from task1 import Task1Error, plots
+from task1 import Task1Error, exit_on_error, plots
 from task1.models import System
 from task1.train import build_system
 
@@ -107,12 +106,9 @@ def lr_schedule(cfg: DictConfig) -> list[float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="lr_schedule")
+@exit_on_error
 def main(cfg: DictConfig) -> None:
-    try:
-        lr_schedule(cfg)
-    except Task1Error as e:
-        log.error("%s", e)
-        sys.exit(1)
+    lr_schedule(cfg)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ the label against each feature (d2l 3.2's scatter plot). Saved as `<split>.png` 
 """
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from task1 import Task1Error, plots
+from task1 import Task1Error, exit_on_error, plots
 
 log = logging.getLogger("task1")
 
@@ -65,12 +64,9 @@ def show(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="show")
+@exit_on_error
 def main(cfg: DictConfig) -> None:
-    try:
-        show(cfg)
-    except Task1Error as e:
-        log.error("%s", e)
-        sys.exit(1)
+    show(cfg)
 
 
 if __name__ == "__main__":

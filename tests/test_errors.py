@@ -197,3 +197,19 @@ def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
         resume_argv(["task1.train", f"resume={tmp_path / 'nowhere'}"])
     with pytest.raises(Task1Error, match=r"there is no .*last.ckpt \(the run stopped before its first checkpoint\)"):
         check_run_folder(tmp_path, resuming=True)
+
+
+def test_entry_points_turn_a_task1_error_into_one_logged_line_and_exit_1(caplog):
+    from task1 import exit_on_error
+
+    @exit_on_error
+    def entry(x):
+        if x:
+            raise Task1Error("data.root=nowhere: no such folder")
+        return "ran"
+
+    assert entry(0) == "ran"
+    with pytest.raises(SystemExit) as exit_info:
+        entry(1)
+    assert exit_info.value.code == 1
+    assert [r.getMessage() for r in caplog.records] == ["data.root=nowhere: no such folder"]
