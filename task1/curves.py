@@ -6,12 +6,11 @@ command-line overrides when Hydra saved them, else with its folder.
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
-from task1 import Task1Error, plots
+from task1 import Task1Error, exit_on_error, plots
 
 
 def run_label(run: Path, root: Path) -> str:
@@ -58,16 +57,13 @@ def overlay(folders: list[Path], out: Path) -> Path:
     return plots.save(plots.learning_curves(find_runs(folders)), out)
 
 
+@exit_on_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m task1.curves", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
     parser.add_argument("--out", type=Path, help="the PNG to write (default: <first folder>/curves.png)")
     args = parser.parse_args(argv)
-    try:
-        path = overlay(args.folders, args.out or args.folders[0] / "curves.png")
-    except Task1Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    path = overlay(args.folders, args.out or args.folders[0] / "curves.png")
     print(path)
 
 

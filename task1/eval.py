@@ -14,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, exit_on_error
 from task1.checkpoints import load_checkpoint
 from task1.train import build_system, summary_table
 
@@ -44,6 +44,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = ()) -> dict[str, floa
     return {k: float(v) for k, v in trainer.test(system, datamodule=datamodule, verbose=False)[0].items()}
 
 
+@exit_on_error
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     ckpt = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]
@@ -51,11 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m task1.eval ckpt_path=<checkpoint> [key=value ...]", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        metrics = evaluate(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
-    except Task1Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    metrics = evaluate(ckpt[0], [a for a in args if not a.startswith("ckpt_path=")])
     print(f"{ckpt[0]}\n{summary_table(metrics)}")
 
 

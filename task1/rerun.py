@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, exit_on_error
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
@@ -51,15 +51,12 @@ def _run_dirs(args: list[str]) -> list[str]:
     return [f"{k}={v}" for k, v in dirs.items() if k not in given]
 
 
+@exit_on_error
 def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         print("usage: python -m task1.rerun <run folder> [overrides]", file=sys.stderr)
         sys.exit(2)
-    try:
-        config_dir = saved_config_dir(sys.argv[1])
-    except Task1Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    config_dir = saved_config_dir(sys.argv[1])
     from task1 import train  # after the check: importing Lightning takes seconds
 
     sys.argv = rerun_argv([sys.argv[0], "--config-dir", str(config_dir), "--config-name", "config", *sys.argv[2:]])

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from task1 import Task1Error
+from task1 import Task1Error, exit_on_error
 
 log = logging.getLogger("task1")
 SPLITS = ("train", "val", "test")
@@ -193,17 +192,14 @@ class SweepReport(Callback):
             log.exception("could not write the sweep report for %s", config.hydra.sweep.dir)
 
 
+@exit_on_error
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m task1.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the multirun folder, e.g. outputs/multiruns/2026-01-01_12-00-00_000000")
     parser.add_argument("--metric", help="the metric to plot and rank by (default: val/acc, or val/loss)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        summarize(args.sweep, args.metric)
-    except Task1Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    summarize(args.sweep, args.metric)
 
 
 if __name__ == "__main__":
