@@ -2,21 +2,26 @@
 
     python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny]
 
-For softmax regression and the MLP it times, in one process and interleaved (A, B, C, A, B, C, ...) so that
-machine noise hits all three alike:
+For softmax regression and the MLP it times, in one process and interleaved (A, B, L, C, A, B, L, C, ...) so
+that machine noise hits all of them alike:
   A  the textbook pipeline: torchvision FashionMNIST with transforms.ToTensor() per item, DataLoader(batch 256,
      shuffle), a plain loop (the book's train_ch3 with its test-set accuracy);
-  B  a plain hand-written loop over the same images held in memory as one tensor (the floor);
+  B  a plain hand-written loop over the same images held in memory as one tensor (the floor), its shuffled
+     batches gathered with index_select, the fastest gather on the CPU;
+  L  a bare Lightning Trainer.fit of the same net on the same in-memory batches, logging nothing, with no
+     callbacks, checkpoints or validation: what any LightningModule with automatic optimization costs;
   C  task1's own path: the config `python -m task1.train model=...` composes, built by task1.train.build
      (same data module, LightningModule, callbacks, logger), run by Trainer.fit.
 "train" is the pass over the training batches; "epoch" is everything one epoch costs (for C: training,
-validation, logging, checkpoints; for A and B: training and test accuracy). Figures are medians over the
-epochs after the first (warm-up) one. Start-up is measured on subprocesses: process start to the first training
-step of `python -m task1.train` (the wall time of its first TensorBoard event) against `python -c "import lightning"`.
+validation, logging, checkpoints; for A and B: training and test accuracy; L has no more than its training).
+Figures are medians over the epochs after the first (warm-up) one. Start-up is measured on subprocesses: process
+start to the first training step of `python -m task1.train` (the wall time of its first TensorBoard event) against
+`python -c "import lightning"`.
 Uses the real Fashion-MNIST in data/ when present, else generated data of the same shape.
 """
 
 import argparse
+import logging
 import statistics
 import struct
 import subprocess
@@ -29,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's task1, also when another copy is installed
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
@@ -79,12 +85,63 @@ def plain_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, train_batches:
     return trained - start, time.perf_counter() - start
 
 
-def shuffled(X: torch.Tensor, y: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A fresh random order each epoch, as index-gathers of the in-memory tensors."""
-    idx = torch.randperm(len(X))
-    for i in range(0, len(X), batch_size):
-        j = idx[i:i + batch_size]
-        yield X[j], y[j]
+class Shuffled:
+    """A fresh random order each pass, as index_select gathers of the in-memory tensors."""
+
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int):
+        self.X, self.y, self.batch_size = X, y, batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.X) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = torch.randperm(len(self.X))
+        for i in range(0, len(self.X), self.batch_size):
+            j = idx[i:i + self.batch_size]
+            yield self.X.index_select(0, j), self.y.index_select(0, j)
+
+
+class Bare(L.LightningModule):
+    """The least a LightningModule can be: the net, its loss, SGD."""
+
+    def __init__(self, net: torch.nn.Module, lr: float):
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        X, y = batch
+        return F.cross_entropy(self.net(X), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class EpochTimer(Callback):
+    """The seconds of each training epoch of a fit."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def bare_lightning_epoch(module: Bare, batches: Shuffled) -> tuple[float, float]:
+    """One epoch of L: a fresh bare Trainer fits `module` for one more epoch; (train s, epoch s), the same."""
+    timer, lightning_log = EpochTimer(), logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # not the "GPU available" lines of every new Trainer
+    try:  # deterministic as C: a Trainer sets torch's flag for the whole process
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
+                            num_sanity_val_steps=0, deterministic=torch.are_deterministic_algorithms_enabled())
+        trainer.fit(module, train_dataloaders=batches)
+    finally:
+        lightning_log.setLevel(level)
+    return timer.seconds[0], timer.seconds[0]
 
 
 class Interleave(Callback):
@@ -134,11 +191,13 @@ def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, wa
     test_slices = [(Xt[i:i + eval_bs], yt[i:i + eval_bs]) for i in range(0, len(Xt), eval_bs)]
     nets = {k: instantiate(cfg.model.net) for k in "AB"}
     opts = {k: torch.optim.SGD(net.parameters(), lr=lr) for k, net in nets.items()}
-    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    bare = Bare(instantiate(cfg.model.net), lr)
+    runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "L": []}
 
     def between() -> None:
         runs["A"].append(plain_epoch(nets["A"], opts["A"], book_train, book_test))
-        runs["B"].append(plain_epoch(nets["B"], opts["B"], shuffled(X, y, bs), test_slices))
+        runs["B"].append(plain_epoch(nets["B"], opts["B"], Shuffled(X, y, bs), test_slices))
+        runs["L"].append(bare_lightning_epoch(bare, Shuffled(X, y, bs)))
 
     timer = Interleave(between)
     datamodule, system, trainer = build(cfg, callbacks=(timer,))[:3]
@@ -147,8 +206,8 @@ def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, wa
                  "epoch_s": median_after_warmup([e for _, e in v], warmup)} for k, v in runs.items()}
     times["C"] = {"train_s": median_after_warmup(timer.train_s, warmup),
                   "epoch_s": median_after_warmup(timer.epoch_s, warmup)}
-    ratio = {f"{a}/{b}": {k: times[a][k] / times[b][k] for k in ("train_s", "epoch_s")} for a, b in (("C", "B"),
-                                                                                                        ("A", "C"))}
+    ratio = {f"{a}/{b}": {k: times[a][k] / times[b][k] for k in ("train_s", "epoch_s")}
+             for a, b in (("C", "B"), ("L", "B"), ("A", "C"))}
     return {**times, **ratio}
 
 
@@ -183,7 +242,8 @@ def bench_startup(root: Path, tmp: Path, threads: int, repeats: int) -> dict:
 
 def report(result: dict) -> str:
     """The benchmark as a text table."""
-    names = {"A": "A textbook", "B": "B hand loop", "C": "C task1", "C/B": "C/B", "A/C": "A/C"}
+    names = {"A": "A textbook", "B": "B hand loop", "L": "L bare fit", "C": "C task1", "C/B": "C/B",
+             "L/B": "L/B", "A/C": "A/C"}
     lines = [f"threads {result['threads']}, {result['data']}, batch 256, median of {result['epochs']} epochs "
              f"after {result['warmup']} warm-up", f"{'model':<8} {'pipeline':<12} {'train s':>9} {'epoch s':>9}"]
     for model, row in result["models"].items():

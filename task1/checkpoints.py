@@ -36,7 +36,7 @@ class FiniteLoss(Callback):
         step = trainer.global_step
         if loss is None or (loss.device.type != "cpu" and step % self.gpu_every):
             return
-        value = float(loss.detach())
+        value = loss.item()
         if not math.isfinite(value):
             where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
             raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))

@@ -1,5 +1,6 @@
 """Train one configured model: `python -m task1.train [overrides]`, or `train(cfg)` from Python."""
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -76,6 +78,17 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
+class QuietProfiler(PassThroughProfiler):
+    """Lightning's default profiler (no profiling) without its cost: Lightning wraps every hook call in
+    `profiler.profile(name)`, about 50 times a training step, and the default's generator-based context manager
+    takes 1.7 us each against 0.3 us for one shared nullcontext. `trainer.profiler=simple` etc. still profile."""
+
+    _null = contextlib.nullcontext()
+
+    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
+        return self._null
+
+
 class Built(NamedTuple):
     """What `train(cfg)` fits: also what scripts/bench.py times."""
 
@@ -124,9 +137,10 @@ def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
         prepare_ddp_relaunch(out)
+    profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
                           plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
-                          deterministic=cfg.seed is not None)
+                          deterministic=cfg.seed is not None, **profiler)
     return Built(datamodule, system, trainer, out, resume_from, predictions)
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
+from task1.models.system import EpochSums
 from task1.train import build
 
 
@@ -21,14 +22,14 @@ def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
     assert bench["threads"] == 1 and bench["data"].startswith("generated")
     for model in ("softmax", "mlp"):
         row = bench["models"][model]
-        for key in ("A", "B", "C"):  # an epoch is its training pass and more
+        for key in ("A", "B", "L", "C"):  # an epoch is its training pass and more
             assert 0 < row[key]["train_s"] <= row[key]["epoch_s"]
-        for a, b in (("C", "B"), ("A", "C")):
+        for a, b in (("C", "B"), ("L", "B"), ("A", "C")):
             assert row[f"{a}/{b}"]["epoch_s"] == pytest.approx(row[a]["epoch_s"] / row[b]["epoch_s"])
     startup = bench["startup"]
     assert startup["first_step_s"] > 0 and startup["import_lightning_s"] > 0
     assert startup["overhead_s"] == pytest.approx(startup["first_step_s"] - startup["import_lightning_s"])
-    assert "C/B" in result.stdout and "start-up" in result.stdout
+    assert all(name in result.stdout for name in ("C/B", "L/B", "L bare fit", "start-up"))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -47,3 +48,28 @@ def test_epoch_metrics_are_exact_means_over_uneven_batches(make_cfg, reduction):
             y_hat = system.net(X)
             assert record[f"{split}/loss"] == pytest.approx(float(F.cross_entropy(y_hat, y)), rel=1e-5)
             assert record[f"{split}/acc"] == float((y_hat.argmax(dim=1) == y).sum()) / len(y)
+
+
+def test_epoch_sums_count_in_groups_and_resume_exactly():
+    # counted in groups of 4 steps, read after 3 (as a mid-epoch checkpoint does) and restored: the same sums,
+    # bit for bit, as one uninterrupted epoch; and those are the sums over all examples at once
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(n, 10, generator=g), torch.randint(0, 10, (n,), generator=g))
+               for n in (64, 64, 64, 64, 64, 64, 17)]
+
+    def feed(sums: EpochSums, part) -> EpochSums:
+        for logits, y in part:
+            sums.add(F.cross_entropy(logits, y), len(y), len(y), logits, y)
+        return sums
+
+    whole = feed(EpochSums(count_every=4), batches)
+    resumed = feed(EpochSums(feed(EpochSums(count_every=4), batches[:3]).total(), count_every=4), batches[3:])
+    assert torch.equal(whole.total(), resumed.total())
+    logits, y = (torch.cat(parts) for parts in zip(*batches, strict=True))
+    loss_sum, correct, n = whole.total().tolist()
+    assert (n, correct) == (len(y), int((logits.argmax(dim=1) == y).sum()))
+    assert loss_sum == pytest.approx(float(F.cross_entropy(logits, y, reduction="sum")), rel=1e-6)
+    # regression: no logits, losses summed as given (reduction="sum": weight 1)
+    squared = EpochSums()
+    squared.add(torch.tensor(6.0), 1, 3, None, y[:3])
+    assert squared.total().tolist() == [6.0, 0.0, 3.0]
