@@ -5,8 +5,9 @@ import json
 import pytest
 import yaml
 from conftest import run_cli
+from lightning.pytorch.profilers import SimpleProfiler
 
-from task1.train import train
+from task1.train import QuietProfiler, build, train
 
 
 @pytest.mark.parametrize("model", ["linear", "softmax", "mlp"])
@@ -116,3 +117,27 @@ def test_scratch_mlp_with_hand_written_momentum_sgd_reaches_0_84_on_real_data(re
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((tmp_path / "metrics.json").read_text())["final"]
     assert final["test/acc"] >= 0.84, final
+
+
+@pytest.mark.parametrize("clip", [None, 1e-6])
+def test_gradient_clipping_still_clips_when_set(make_cfg, clip):
+    # System skips Lightning's clipping hook when no clip value is set: a set one must still clip every step
+    overrides = ["model=softmax", "optimizer.lr=0.1"] + ([f"+trainer.gradient_clip_val={clip}"] if clip else [])
+    datamodule, system, trainer = build(make_cfg(*overrides))[:3]
+    before = [p.detach().clone() for p in system.parameters()]
+    trainer.fit(system, datamodule=datamodule)
+    moved = sum(float((p.detach() - b).norm()) for p, b in zip(system.parameters(), before, strict=True))
+    if clip:  # each step moves each parameter by at most lr * clip
+        assert 0 < moved <= 2 * trainer.global_step * 0.1 * clip * 1.001
+    else:
+        assert moved > 0.01
+
+
+@pytest.mark.parametrize("profiler, kind", [(None, QuietProfiler), ("simple", SimpleProfiler)])
+def test_profiler_is_quiet_by_default_and_any_lightning_profiler_when_asked(make_cfg, profiler, kind):
+    cfg = make_cfg("model=softmax", *([f"+trainer.profiler={profiler}"] if profiler else []))
+    datamodule, system, trainer = build(cfg)[:3]
+    assert type(trainer.profiler) is kind
+    trainer.fit(system, datamodule=datamodule)
+    if profiler:  # Lightning's own report names the hooks it timed
+        assert "run_training_batch" in trainer.profiler.summary()

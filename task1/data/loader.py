@@ -100,6 +100,12 @@ class InMemoryDataModule(L.LightningDataModule):
             device = self.trainer.strategy.root_device
             self.splits = {k: (X.to(device), y.to(device)) for k, (X, y) in self.splits.items()}
 
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        X, y = batch
+        if X.device == device and y.device == device:  # on the device already: Lightning's default would walk
+            return batch  # the batch and call .to() on each tensor, every step, to the same effect
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
     def _loader(self, split: str) -> TensorLoader:
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         train = split == "train"

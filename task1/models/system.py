@@ -90,15 +90,9 @@ class System(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    # Two more of Lightning's per-step hooks, short-cut where they would do nothing (the same results):
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        X, y = batch
-        if X.device == device and y.device == device:  # the data module keeps its splits on the device
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val:  # unset or 0: the default checks its arguments through ~20 calls, then clips nothing
+        # called every step: unset or 0, the default checks its arguments through ~20 calls, then clips nothing
+        if gradient_clip_val:
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @property
