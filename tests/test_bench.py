@@ -73,3 +73,7 @@ def test_epoch_sums_count_in_groups_and_resume_exactly():
     squared = EpochSums()
     squared.add(torch.tensor(6.0), 1, 3, None, y[:3])
     assert squared.total().tolist() == [6.0, 0.0, 3.0]
+    # restored sums (a checkpoint is read onto the CPU) follow the batches to their device
+    moved = EpochSums(whole.total())
+    moved.add(torch.tensor(1.0, device="meta"), 1, 1, None, y[:1].to("meta"))
+    assert moved.total().device.type == "meta"

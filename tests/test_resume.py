@@ -57,3 +57,30 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_p
     assert resumed["history"] == uninterrupted["history"]
     assert set(ROOT.glob("outputs/runs/*")) == runs_before  # it went on in the same folder, made no new one
     assert (run / ".hydra" / "overrides.yaml").read_text().count("resume=") == 0  # the first start's record kept
+
+
+@pytest.mark.slow
+def test_ddp_run_stopped_mid_epoch_resumes_to_the_same_metrics(args, tmp_path):
+    # two processes: each saves, only the first one's file is written, so the checkpoint must hold the epoch's
+    # sums of both (the resumed epoch's accuracy would otherwise count one shard twice and the other not at all)
+    ddp = [*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    whole = tmp_path / "whole"
+    assert run_cli(*ddp, f"hydra.run.dir={whole}").returncode == 0
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *ddp, f"hydra.run.dir={run}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not last.exists() and proc.poll() is None:  # the first checkpoint: 20 of the epoch's 63 steps
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGTERM)  # the first process passes it on to the other at the next step
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1 and f"resume={run}" in output, output[-3000:]
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step % 63 > 0, f"not stopped mid-epoch (step {step})"
+
+    assert run_cli(f"resume={run}").returncode == 0
+    resumed, uninterrupted = (json.loads((r / "metrics.json").read_text()) for r in (run, whole))
+    for got, want in zip(resumed["history"], uninterrupted["history"], strict=True):
+        assert got["train/acc"] == want["train/acc"]  # counts: exact
+        assert got["train/loss"] == pytest.approx(want["train/loss"], rel=1e-6)  # summed in another order
+        assert got["val/acc"] == want["val/acc"]

@@ -36,6 +36,8 @@ class EpochSums:
         if self._loss is None:
             self._loss = torch.zeros((), device=loss.device)
             self._correct = torch.zeros((), dtype=torch.long, device=loss.device)
+        elif self._loss.device != loss.device:  # restored from a checkpoint, which is read onto the CPU
+            self._loss, self._correct = self._loss.to(loss.device), self._correct.to(loss.device)
         self._loss.add_(loss.detach(), alpha=weight)
         self._n += n
         if logits is not None:
@@ -180,14 +182,17 @@ class System(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history
-        # a checkpoint taken mid-epoch also carries the epoch's partial sums, so a resumed run ends exactly equal
+        # a checkpoint taken mid-epoch also carries the epoch's partial sums, so a resumed run ends exactly equal;
+        # summed over processes (each one saves, the first one's file is written): its sums go on from them
         if "train" in self._sums:
-            checkpoint["epoch_state"] = {"train_sums": self._sums["train"].total(), "lr": self._epoch_lr}
+            sums = self.trainer.strategy.reduce(self._sums["train"].total(), reduce_op="sum")
+            checkpoint["epoch_state"] = {"train_sums": sums, "lr": self._epoch_lr}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("history", [])
         if "epoch_state" in checkpoint:  # Lightning skips on_train_epoch_start when it resumes mid-epoch
-            self._sums["train"] = EpochSums(checkpoint["epoch_state"]["train_sums"].to(self.device))
+            sums = checkpoint["epoch_state"]["train_sums"]  # all processes' sums: the first goes on from them
+            self._sums["train"] = EpochSums(sums if self.global_rank == 0 else torch.zeros_like(sums))
             self._epoch_lr, self._epoch_start = checkpoint["epoch_state"]["lr"], time.perf_counter()
 
     def _scheduler_steps_per_run(self) -> int:
