@@ -3,7 +3,7 @@
     python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny]
 
 For softmax regression and the MLP it times, in one process and interleaved (A, B, L, C, A, B, L, C, ...) so
-that machine noise hits all of them alike:
+that machine noise hits all of them alike, all on the CPU (also where a GPU is present):
   A  the textbook pipeline: torchvision FashionMNIST with transforms.ToTensor() per item, DataLoader(batch 256,
      shuffle), a plain loop (the book's train_ch3 with its test-set accuracy);
   B  a plain hand-written loop over the same images held in memory as one tensor (the floor), its shuffled
@@ -135,8 +135,9 @@ def bare_lightning_epoch(module: Bare, batches: Shuffled) -> tuple[float, float]
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # not the "GPU available" lines of every new Trainer
     try:  # deterministic as C: a Trainer sets torch's flag for the whole process
-        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[timer], limit_val_batches=0,
+        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+                            limit_val_batches=0,
                             num_sanity_val_steps=0, deterministic=torch.are_deterministic_algorithms_enabled())
         trainer.fit(module, train_dataloaders=batches)
     finally:
@@ -181,7 +182,7 @@ def median_after_warmup(times: list[float], warmup: int) -> float:
 
 def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int) -> dict:
     """A, B and C for one model, interleaved epoch by epoch; median times and the ratios."""
-    cfg = compose_cfg(f"model={model}", f"data.root={root}", f"threads={threads}",
+    cfg = compose_cfg(f"model={model}", f"data.root={root}", f"threads={threads}", "trainer=cpu",
                       f"trainer.max_epochs={warmup + epochs}", f"output_dir={tmp / model}")
     bs, eval_bs, lr = cfg.data.batch_size, cfg.data.eval_batch_size, cfg.optimizer.lr
     to_tensor = transforms.ToTensor()
