@@ -1,6 +1,7 @@
 """A training process killed mid-epoch (SIGTERM, SIGKILL) resumes to exactly the metrics of an uninterrupted run."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -60,23 +61,25 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_p
 
 
 @pytest.mark.slow
-def test_ddp_run_stopped_mid_epoch_resumes_to_the_same_metrics(args, tmp_path):
+def test_ddp_run_killed_mid_epoch_resumes_to_the_same_metrics(args, tmp_path):
     # two processes: each saves, only the first one's file is written, so the checkpoint must hold the epoch's
-    # sums of both (the resumed epoch's accuracy would otherwise count one shard twice and the other not at all)
+    # sums of both (the resumed epoch's accuracy would otherwise count one shard twice and the other not at all).
+    # Both are killed at once (SIGKILL to the process group), as a lost node would be; not SIGTERM, which
+    # Lightning answers with collective calls inside its signal handlers, and which can hang them when both
+    # processes get it.
     ddp = [*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     whole = tmp_path / "whole"
     assert run_cli(*ddp, f"hydra.run.dir={whole}").returncode == 0
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "task1.train", *ddp, f"hydra.run.dir={run}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     while not last.exists() and proc.poll() is None:  # the first checkpoint: 20 of the epoch's 63 steps
         time.sleep(0.002)
-    proc.send_signal(signal.SIGTERM)  # the first process passes it on to the other at the next step
-    output = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 1 and f"resume={run}" in output, output[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
     step = torch.load(last, weights_only=True)["global_step"]
-    assert step % 63 > 0, f"not stopped mid-epoch (step {step})"
+    assert step % 63 > 0, f"not killed mid-epoch (step {step})"
 
     assert run_cli(f"resume={run}").returncode == 0
     resumed, uninterrupted = (json.loads((r / "metrics.json").read_text()) for r in (run, whole))
