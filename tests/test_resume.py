@@ -30,14 +30,21 @@ def uninterrupted(args, tmp_path_factory) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
 
+def start_until_first_checkpoint(args: list[str], run, **popen) -> subprocess.Popen:
+    """`python -m task1.train <args>` running in `run`, returned once its first checkpoints/last.ckpt exists."""
+    last = run / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *args, f"hydra.run.dir={run}"], cwd=ROOT, **popen)
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    return proc
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_path, sig):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *args, f"hydra.run.dir={run}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    while not last.exists() and proc.poll() is None:  # the first checkpoint: 20 of the epoch's 125 steps
-        time.sleep(0.002)
+    # killed after its first checkpoint: 20 of the epoch's 125 steps
+    proc = start_until_first_checkpoint(args, run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     proc.send_signal(sig)
     output = proc.communicate(timeout=300)[0]
     if sig == signal.SIGTERM:  # stops at the end of the batch, saves, says how to go on
@@ -72,10 +79,9 @@ def test_ddp_run_killed_mid_epoch_resumes_to_the_same_metrics(args, tmp_path):
     assert run_cli(*ddp, f"hydra.run.dir={whole}").returncode == 0
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *ddp, f"hydra.run.dir={run}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    while not last.exists() and proc.poll() is None:  # the first checkpoint: 20 of the epoch's 63 steps
-        time.sleep(0.002)
+    # killed after its first checkpoint: 20 of the epoch's 63 steps (each process has half the data)
+    proc = start_until_first_checkpoint(ddp, run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     step = torch.load(last, weights_only=True)["global_step"]
