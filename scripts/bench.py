@@ -44,8 +44,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
+from task1 import write_json  # noqa: E402
 from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
-from task1.train import build, write_json  # noqa: E402
+from task1.train import build  # noqa: E402
 
 MODELS = ("softmax", "mlp")
 
@@ -137,8 +138,8 @@ def bare_lightning_epoch(module: Bare, batches: Shuffled) -> tuple[float, float]
     try:  # deterministic as C: a Trainer sets torch's flag for the whole process
         trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                            limit_val_batches=0,
-                            num_sanity_val_steps=0, deterministic=torch.are_deterministic_algorithms_enabled())
+                            limit_val_batches=0, num_sanity_val_steps=0,
+                            deterministic=torch.are_deterministic_algorithms_enabled())
         trainer.fit(module, train_dataloaders=batches)
     finally:
         lightning_log.setLevel(level)
@@ -181,7 +182,7 @@ def median_after_warmup(times: list[float], warmup: int) -> float:
 
 
 def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int) -> dict:
-    """A, B and C for one model, interleaved epoch by epoch; median times and the ratios."""
+    """A, B, L and C for one model, interleaved epoch by epoch; median times and the ratios."""
     cfg = compose_cfg(f"model={model}", f"data.root={root}", f"threads={threads}", "trainer=cpu",
                       f"trainer.max_epochs={warmup + epochs}", f"output_dir={tmp / model}")
     bs, eval_bs, lr = cfg.data.batch_size, cfg.data.eval_batch_size, cfg.optimizer.lr

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from task1 import Task1Error, exit_on_error, plots
+from task1 import Task1Error, exit_on_error, natural_key, plots
 
 
 def run_label(run: Path, root: Path) -> str:
@@ -30,8 +30,7 @@ def find_runs(folders: list[Path]) -> dict[str, list[dict]]:
     for folder in folders:
         if not folder.is_dir():
             raise Task1Error(f"{folder} is not a folder: pass run or sweep folders (outputs/multiruns/<date>_<time>).")
-        for path in sorted(folder.rglob("metrics.json"), key=lambda p: [int(s) if s.isdigit() else s
-                                                                          for s in p.parent.parts]):
+        for path in sorted(folder.rglob("metrics.json"), key=lambda p: [natural_key(s) for s in p.parent.parts]):
             history = json.loads(path.read_text()).get("history") or []
             if history:
                 label = run_label(path.parent, folder)

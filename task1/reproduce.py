@@ -21,7 +21,6 @@ A row passes when the book's final-epoch figure lies inside our range over seeds
 import argparse
 import json
 import math
-import re
 import statistics
 import subprocess
 import sys
@@ -31,19 +30,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from task1 import natural_key, write_atomic, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "conf" / "experiment"
 ACC_TOL, PARAM_TOL, LOSS_P = 0.02, 0.01, 0.99
 
 
-def _natural(name: str) -> list:
-    """d2l_3_2 < d2l_3_10: numbers compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def available() -> list[str]:
     """The experiment configs in conf/experiment/, in the book's order."""
-    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml")), key=_natural)
+    return sorted((p.stem for p in EXPERIMENTS.glob("*.yaml")), key=natural_key)
 
 
 def chi2_ratio(n: int, p: float) -> float:
@@ -212,9 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results, seeds, command.strip())
     passed = all(r["passed"] for r in results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reproduce.md").write_text(table)
-    from task1.train import write_json  # here: importing Lightning takes seconds, and --help needs none of it
-
+    write_atomic(out / "reproduce.md", table)
     write_json(out / "reproduce.json", {
         "command": command, "seeds": seeds, "overrides": args.overrides, "sweep_exit_status": status,
         "wall_time_s": wall_time, "passed": passed,

@@ -17,23 +17,16 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from task1 import Task1Error, exit_on_error
+from task1 import Task1Error, exit_on_error, natural_key, write_atomic
 
 log = logging.getLogger("task1")
 SPLITS = ("train", "val", "test")
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write text atomically (as task1.train.write_json): a reader never sees half a report."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def read_jobs(sweep: Path) -> list[dict]:
     """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order."""
     folders = [p.parent.parent for p in sweep.glob("*/.hydra/overrides.yaml")]
-    folders.sort(key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    folders.sort(key=lambda p: natural_key(p.name))
     jobs = []
     for folder in folders:
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
@@ -151,9 +144,7 @@ def plot(jobs: list[dict], params: list[str], metric: str, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    write_atomic(path, buf.getvalue())
 
 
 def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]:
@@ -167,8 +158,8 @@ def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]
     header, rows = _rows(jobs, params, metric_names(jobs))
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-    write_text(sweep / "summary.csv", buf.getvalue())
-    write_text(sweep / "summary.md", markdown(sweep, jobs, params, metric))
+    write_atomic(sweep / "summary.csv", buf.getvalue())
+    write_atomic(sweep / "summary.md", markdown(sweep, jobs, params, metric))
     if metric and params:
         plot(jobs, params, metric, sweep / "summary.png")
     best = best_job(jobs, metric) if metric else None

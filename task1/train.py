@@ -3,7 +3,6 @@
 import contextlib
 import json
 import logging
-import os
 import sys
 import time
 import warnings
@@ -23,7 +22,7 @@ from lightning.pytorch.profilers import PassThroughProfiler
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error, plots
+from task1 import Task1Error, plots, write_json
 from task1.callbacks import PredictionFigures
 from task1.checkpoints import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
 from task1.models import System
@@ -36,13 +35,6 @@ log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def build_system(cfg: DictConfig) -> System:

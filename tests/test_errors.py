@@ -10,10 +10,10 @@ import torch
 from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli, write_idx
 from hydra.errors import ConfigCompositionException
 
-from task1 import Task1Error
+from task1 import Task1Error, write_json
 from task1.checkpoints import AtomicCheckpointIO
 from task1.runs import check_run_folder, resume_argv
-from task1.train import train, write_json
+from task1.train import train
 
 
 def no_traceback(result) -> str:

@@ -113,3 +113,11 @@ def test_curves_overlays_the_jobs_of_a_sweep(tmp_path):
     assert height == 340 and width > 840  # two panels plus the legend
     with pytest.raises(SystemExit):
         curves.main([str(tmp_path / "nothing here")])
+
+
+def test_curves_orders_runs_numerically_beside_named_folders(tmp_path):
+    # jobs 2 and 10 beside a folder with a name: numbers compare as numbers, names after them, no type clash
+    for name in ("10", "extra", "2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"history": [{"epoch": 0, "train/loss": 1.0}]}))
+    assert list(curves.find_runs([tmp_path])) == ["2", "10", "extra"]
