@@ -44,9 +44,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from task1 import write_json  # noqa: E402
+from task1.core.build import build  # noqa: E402
 from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
-from task1.train import build  # noqa: E402
+from task1.io import write_json  # noqa: E402
 
 MODELS = ("softmax", "mlp")
 

@@ -1,189 +1,45 @@
-"""Train one configured model: `python -m task1.train [overrides]`, or `train(cfg)` from Python."""
+"""Train one configured model: `python -m task1.train [overrides]` (or `task1-train`), or `train(cfg)` from Python.
 
-import contextlib
-import json
+This entry point imports neither torch nor Lightning: `--help`, `--cfg job` and a mistake in the config answer
+within a second or two; the training core is imported once the config has passed its checks.
+"""
+
 import logging
 import sys
 import time
-import warnings
-from functools import partial
-from pathlib import Path
-from typing import NamedTuple
 
 import hydra
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.profilers import PassThroughProfiler
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from task1 import Task1Error, plots, write_json
-from task1.callbacks import PredictionFigures
-from task1.checkpoints import AtomicCheckpointIO, FiniteLoss, LastCheckpoint, check_compatible, load_checkpoint
-from task1.models import System
-from task1.provenance import provenance
-from task1.runs import check_run_folder, failure_metrics, resume_argv
-from task1.schema import validate
-from task1.sweep import log_hparams, prepare_ddp_relaunch, thread_budget
+from task1 import Task1Error, cli
 
 log = logging.getLogger("task1")
-# Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-
-
-def build_system(cfg: DictConfig) -> System:
-    """The LightningModule for `cfg.model`, `cfg.optimizer` and `cfg.scheduler`."""
-    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
-    interval, frequency = scheduler.pop("interval", "epoch"), scheduler.pop("frequency", 1)
-    return System(
-        net=instantiate(cfg.model.net),
-        loss=_plain_partial(instantiate(cfg.model.loss)),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler) if scheduler else None,
-        loss_reduction=cfg.model.loss_reduction,
-        task=cfg.model.task,
-        scheduler_interval=interval,
-        scheduler_frequency=frequency,
-    )
-
-
-def _plain_partial(fn):
-    """Hydra's `_partial_` object re-runs its target-policy check on every call (about 0.4 ms, as much as a whole
-    softmax step): the loss, called every step, becomes a plain functools.partial of the target Hydra checked."""
-    return partial(fn.func, *fn.args, **fn.keywords) if isinstance(fn, partial) else fn
-
-
-def summary_table(final: dict) -> str:
-    """The final metrics as a small text table: one row per split."""
-    columns = [c for c in ("loss", "acc") if any(k.endswith("/" + c) for k in final)]
-    lines = ["split  " + "".join(f"{c:>10}" for c in columns)]
-    for split in ("train", "val", "test"):
-        if f"{split}/loss" in final:
-            row = (final.get(f"{split}/{c}", float("nan")) for c in columns)
-            lines.append(f"{split:<7}" + "".join(f"{v:>10.4f}" for v in row))
-    return "\n".join(lines)
-
-
-class QuietProfiler(PassThroughProfiler):
-    """Lightning's default profiler (no profiling) without its cost: Lightning wraps every hook call in
-    `profiler.profile(name)`, about 50 times a training step, and the default's generator-based context manager
-    takes 1.7 us each against 0.4 us for one shared nullcontext. `trainer.profiler=simple` etc. still profile."""
-
-    _null = contextlib.nullcontext()
-
-    def profile(self, action_name: str) -> contextlib.AbstractContextManager:
-        return self._null
-
-
-class Built(NamedTuple):
-    """What `train(cfg)` fits: also what scripts/bench.py times."""
-
-    datamodule: L.LightningDataModule
-    system: System
-    trainer: L.Trainer
-    out: Path  # the run folder
-    resume_from: Path | None  # the checkpoint a resumed run goes on from
-    predictions: PredictionFigures | None
-
-
-def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
-    """Validate `cfg`, then build the data module, the system and the trainer (with `callbacks` added)."""
-    validate(cfg)
-    out = Path(cfg.get("resume") or cfg.output_dir)
-    resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
-    out.mkdir(parents=True, exist_ok=True)
-    threads = thread_budget(cfg.threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if cfg.seed is not None:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    datamodule = instantiate(cfg.data)
-    system = build_system(cfg)
-    # checkpoints carry the resolved config as plain data: no pickled objects (loadable with weights_only)
-    system.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
-    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(system.hparams["config"]))
-    init_from = resume_from or cfg.get("ckpt_path")
-    if init_from:  # refused here, with a clear message, before Lightning reads it
-        checkpoint = load_checkpoint(init_from)
-        check_compatible(init_from, checkpoint, system)
-        if not resume_from:  # weights only: a new run, with a fresh optimizer, from epoch 1
-            system.load_state_dict(checkpoint["state_dict"])
-        log.info("%s from %s (epoch %d, step %d)", "resuming" if resume_from else "starting", init_from,
-                 checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0))
-    monitor, mode = system.monitor
-    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
-                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
-    callbacks, predictions = [FiniteLoss(), best, last, *callbacks], None
-    figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
-    if figures["enabled"] and system.classify:
-        predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
-        callbacks.append(predictions)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
-        prepare_ddp_relaunch(out)
-    profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks,
-                          plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
-                          deterministic=cfg.seed is not None, **profiler)
-    return Built(datamodule, system, trainer, out, resume_from, predictions)
 
 
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
-    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
-    datamodule, system, trainer, out, resume_from, predictions = build(cfg)
-    try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
-    except BaseException as e:  # metrics.json says what happened, then the error goes on up
-        metrics, error = failure_metrics(e, system.history, cfg.seed, out)
-        if trainer.is_global_zero:
-            write_json(out / "metrics.json", metrics)
-        if error is None:
-            raise
-        raise error from None
+    from task1.core.config import validate
 
-    final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
-    final.update({k: float(v) for k, v in test.items()})
-    metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
-               "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
-               "final": final, "history": system.history, "provenance": origin}
-    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
-        w, b = system.net.get_w_b()
-        true_w, true_b = datamodule.true_w, datamodule.true_b
-        metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b,
-                       w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
-    if predictions:
-        metrics["per_class_acc"] = predictions.per_class_acc
-    if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
-        log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
-    if trainer.is_global_zero:
-        write_json(out / "metrics.json", metrics)
-        if (cfg.get("figures") or {}).get("enabled"):
-            plots.run_figures(metrics, out / "figures")
-        for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
-            if isinstance(lg, TensorBoardLogger):
-                log_hparams(lg, system.hparams["config"], final, trainer.global_step)
-        log.info("final metrics (%s)\n%s", out, summary_table(final))
-    return metrics
+    validate(cfg)  # before Lightning is imported: a mistake costs no import
+    from task1.core import build
+
+    return build.train(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+@hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
+def run(cfg: DictConfig) -> float | None:
+    """One job: a run, or one job of a multirun (where a failure is recorded and the sweep goes on)."""
     start = time.perf_counter()
     try:
         metrics = train(cfg)
     except Exception as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
-            return _record_failure(cfg, e, time.perf_counter() - start)
+            from task1.core.runs import record_failure
+
+            lightning_rank = getattr(sys.modules.get("lightning.pytorch.utilities"), "rank_zero_only", None)
+            return record_failure(cfg, e, time.perf_counter() - start, getattr(lightning_rank, "rank", 0))
         if not isinstance(e, Task1Error):
             raise
         log.error("%s", e)
@@ -192,22 +48,11 @@ def main(cfg: DictConfig) -> float | None:
     return metrics["final"].get(metric) if metric else None
 
 
-def _record_failure(cfg: DictConfig, e: Exception, seconds: float) -> None:
-    """Log a failed sweep job; make sure its metrics.json says so, for the sweep report."""
-    log.error("job failed: %s", str(e).strip().split("\n")[0], exc_info=not isinstance(e, Task1Error))
-    out = Path(cfg.output_dir)
-    if rank_zero_only.rank == 0 and not (out / "metrics.json").exists():  # train() records failures in fit itself
-        out.mkdir(parents=True, exist_ok=True)
-        metrics, _ = failure_metrics(e, [], cfg.get("seed"), out)
-        write_json(out / "metrics.json", {**metrics, "wall_time_s": round(seconds, 3)})
+@cli.exit_on_error
+def main() -> None:
+    sys.argv = cli.train_argv(sys.argv)  # a saved run's folder (rerun, resume=) -> its own config
+    run()
 
 
 if __name__ == "__main__":
-    from task1.rerun import rerun_argv
-
-    sys.argv = rerun_argv(sys.argv)  # `--config-dir <run>/.hydra` runs that run's saved config again
-    try:
-        sys.argv = resume_argv(sys.argv)  # resume=<run folder> -> that run's own overrides, into that folder
-    except Task1Error as e:
-        sys.exit(f"Error: {e}")
     main()

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from conftest import ROOT
 
+from task1.core.build import build
 from task1.models.system import EpochSums
-from task1.train import build
 
 
 def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):

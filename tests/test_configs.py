@@ -6,7 +6,8 @@ from conftest import CONF, compose_cfg
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, Trainer
 
-from task1.train import build_system
+from task1.core.build import build_system
+from task1.data.module import DataModule
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in
           ("data", "model", "optimizer", "scheduler", "trainer", "logger")}
@@ -33,11 +34,10 @@ def test_default_is_concise_softmax_sgd_lr_0_1_batch_256_10_epochs():
 def test_every_model_and_impl_instantiates(model, impl):
     cfg = compose_cfg(f"model={model}", f"model.impl={impl}", "output_dir=/tmp/unused")
     system = build_system(cfg)
-    module = "nets" if impl == "torch" else "scratch"
-    assert type(system.net).__module__ == f"task1.models.{module}"
+    assert type(system.net).__module__ == f"task1.models.{impl}"
     expected_data = "SyntheticRegression" if model == "linear" else "FashionMNIST"
     assert cfg.data._target_.endswith(expected_data)
-    assert isinstance(instantiate(cfg.data), LightningDataModule)
+    assert isinstance(DataModule(instantiate(cfg.data)), LightningDataModule)
 
 
 @pytest.mark.parametrize("optimizer", GROUPS["optimizer"])

@@ -14,8 +14,8 @@ from task1.data import LABELS, FashionMNIST, SyntheticRegression, TensorLoader, 
 
 def loaded(root, **kwargs) -> FashionMNIST:
     dm = FashionMNIST(root=str(root), download=False, **kwargs)
-    dm.prepare_data()
-    dm.setup("fit")
+    dm.prepare()
+    dm.setup()
     return dm
 
 
@@ -146,7 +146,7 @@ def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
     dm = FashionMNIST(root=str(tmp_path), download=True)
     monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [f"file://{tmp_path}/no-mirror/"])
     with pytest.raises(Task1Error, match=r"Downloading Fashion-MNIST failed.*expected the four files"):
-        dm.prepare_data()
+        dm.prepare()
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -10,9 +10,11 @@ import torch
 from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli, write_idx
 from hydra.errors import ConfigCompositionException
 
-from task1 import Task1Error, write_json
-from task1.checkpoints import AtomicCheckpointIO
-from task1.runs import check_run_folder, resume_argv
+from task1 import Task1Error
+from task1.cli import resume_argv
+from task1.core.checkpoints import AtomicCheckpointIO
+from task1.core.runs import check_run_folder
+from task1.io import write_json
 from task1.train import train
 
 
@@ -193,14 +195,14 @@ def test_json_and_checkpoints_are_written_atomically(tmp_path):
 
 
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
-    with pytest.raises(Task1Error, match=r"resume=.*nowhere: not a run folder \(there is no .*overrides.yaml\)"):
+    with pytest.raises(Task1Error, match=r"resume=.*nowhere is not a run folder: .*config.yaml does not exist"):
         resume_argv(["task1.train", f"resume={tmp_path / 'nowhere'}"])
     with pytest.raises(Task1Error, match=r"there is no .*last.ckpt \(the run stopped before its first checkpoint\)"):
         check_run_folder(tmp_path, resuming=True)
 
 
 def test_entry_points_turn_a_task1_error_into_one_logged_line_and_exit_1(caplog):
-    from task1 import exit_on_error
+    from task1.cli import exit_on_error
 
     @exit_on_error
     def entry(x):

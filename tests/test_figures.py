@@ -10,10 +10,11 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from task1 import Task1Error, curves
+from task1 import Task1Error
 from task1.data import LABELS
 from task1.data.fashion_mnist import read_split
-from task1.show import show
+from task1.tools import curves
+from task1.tools.show import show
 from task1.train import train
 
 

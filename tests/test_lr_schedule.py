@@ -10,8 +10,9 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from task1 import Task1Error
-from task1.lr_schedule import lr_per_step, lr_schedule
-from task1.train import build_system
+from task1.core.build import build_system
+from task1.data.module import DataModule
+from task1.tools.lr_schedule import lr_schedule
 
 STEPS = 235  # ceil(60000 / 256): Fashion-MNIST's optimizer steps per epoch at batch 256
 
@@ -74,7 +75,7 @@ def test_command_line_prints_the_runs_of_the_schedule(tmp_path):
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(Task1Error, match="max_epochs"):
         lr_schedule(schedule_cfg(tmp_path, "trainer.max_epochs=-1"))
-    with pytest.raises(Task1Error, match="training examples"):
+    with pytest.raises(Task1Error, match="val_size"):
         lr_schedule(schedule_cfg(tmp_path, "data.val_size=60000"))
 
 
@@ -88,22 +89,32 @@ class LrRecorder(L.Callback):
         self.lrs.append(optimizer.param_groups[0]["lr"])
 
 
-@pytest.mark.parametrize("overrides", [
-    ["scheduler=step", "scheduler.interval=step", "scheduler.step_size=2", "scheduler.frequency=3"],
-    ["scheduler=cosine", "scheduler.interval=step", "+trainer.accumulate_grad_batches=3"],
-    ["scheduler=multistep", "scheduler.milestones=[1,2]", "scheduler.gamma=0.5"],
-    ["scheduler=onecycle"],
-], ids=["step-per-step-every-3rd", "cosine-per-step-accumulating", "multistep-per-epoch", "onecycle"])
-def test_schedule_equals_the_rates_of_a_real_fit(make_cfg, overrides):
-    cfg = make_cfg("model=softmax", *overrides)  # 600 generated examples / batch 64 = 10 batches an epoch
-    recorder = LrRecorder()
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder],
-                        accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches", 1))
-    trainer.fit(build_system(cfg), datamodule=instantiate(cfg.data))
-    predicted = lr_per_step(build_system(cfg), 10, 3, cfg.trainer.get("accumulate_grad_batches", 1))
-    assert len(recorder.lrs) == len(predicted) and recorder.lrs == pytest.approx(predicted, rel=1e-12)
-    assert len(set(predicted)) > 1  # the schedule does change the rate within these 3 epochs
+# frequency x accumulate_grad_batches x max_steps x limit_train_batches, on 10 batches an epoch for 3 epochs
+GRID = [(f, acc, steps, limit) for f in (1, 2) for acc in (1, 3) for steps in (-1, 13) for limit in (1.0, 7, 0.55)]
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_schedule_equals_the_rates_of_a_real_fit(make_cfg, tmp_path, scheduler, interval):
+    """The run's length (T_max / total_steps left null) and every lr, predicted by task1.lr_schedule, against
+    what a real Trainer.fit applies: a wrong length shows as cosine climbing back up, or OneCycleLR raising."""
+    changed = 0
+    for i, (frequency, accumulate, max_steps, limit) in enumerate(GRID):
+        trainer_args = {"accumulate_grad_batches": accumulate, "max_steps": max_steps, "limit_train_batches": limit}
+        overrides = [f"scheduler={scheduler}", f"scheduler.interval={interval}", f"scheduler.frequency={frequency}",
+                     "trainer.max_epochs=3", *(f"+trainer.{k}={v}" for k, v in trainer_args.items())]
+        cfg = make_cfg("model=softmax", *overrides)  # 600 generated examples / batch 64 = 10 batches an epoch
+        recorder = LrRecorder()
+        trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=[recorder],
+                            limit_val_batches=0, **trainer_args)
+        trainer.fit(build_system(cfg), datamodule=DataModule(instantiate(cfg.data)))
+        predicted = lr_schedule(schedule_cfg(tmp_path / str(i), *overrides, "lr_schedule.train_examples=600",
+                                             "data.batch_size=64"))
+        case = f"frequency {frequency}, accumulate {accumulate}, max_steps {max_steps}, limit {limit}"
+        assert recorder.lrs == pytest.approx(predicted, rel=1e-12), case
+        changed += len(set(predicted)) > 1
+    assert changed >= len(GRID) // 2  # the schedules do move the rate within these short runs
 
 
 def test_train_examples_can_be_given_for_other_data(tmp_path):

@@ -11,11 +11,12 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from task1 import Task1Error
-from task1.eval import evaluate
-from task1.reproduce import EXPERIMENTS, available
-from task1.reproduce import main as reproduce
-from task1.rerun import rerun_argv
-from task1.train import build_system, train
+from task1.cli import rerun_argv
+from task1.core.build import build_system
+from task1.tools.eval import evaluate
+from task1.tools.reproduce import EXPERIMENTS, available
+from task1.tools.reproduce import main as reproduce
+from task1.train import train
 
 # what the book's code does: (its lr, its loss reduction, whether its hand-written sgd divides by batch_size)
 BOOK = {

@@ -4,7 +4,8 @@ import lightning as L
 import pytest
 from hydra.utils import instantiate
 
-from task1.train import build_system
+from task1.core.build import build_system
+from task1.data.module import DataModule
 
 STEPS_PER_EPOCH = 600 // 64 + 1  # generated training set, batch 64: 10 steps, the last one short
 
@@ -26,7 +27,7 @@ def lrs_of(make_cfg, *overrides, epochs=3):
                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                         callbacks=[recorder])
     system = build_system(cfg)
-    trainer.fit(system, datamodule=instantiate(cfg.data))
+    trainer.fit(system, datamodule=DataModule(instantiate(cfg.data)))
     assert len(recorder.lrs) == epochs * STEPS_PER_EPOCH
     return recorder.lrs, system
 

@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from task1 import sweep as sweep_module
+from task1.core.build import build_system
 from task1.data import TensorLoader
 from task1.data.fashion_mnist import read_split
-from task1.train import build_system
+from task1.sweeps import jobs as sweep_module
 
 TINY = ["trainer=cpu", "trainer.max_epochs=1", "data.batch_size=64"]
 
@@ -128,7 +128,7 @@ def test_failed_job_is_reported_and_the_others_complete(fake_root, tmp_path):
 def test_optuna_search_runs_six_trials_and_names_the_best(fake_root, tmp_path):
     sweep = tmp_path / "sweep"
     sweep_cli("hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.n_startup_trials=3",
-              f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
+              f"data.root={fake_root}", "data.val_size=100", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
               f"hydra.sweep.dir={sweep}")
     jobs = jobs_of(sweep)
     assert sorted(jobs) == [str(i) for i in range(6)] and all(m["status"] == "completed" for m in jobs.values())
@@ -154,6 +154,7 @@ def test_optuna_search_is_seeded_and_maximises_the_returned_metric():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 7
     assert cfg.optimized_metric == "val/acc" and cfg.model.num_hiddens == 256
+    assert cfg.data.val_size == 10_000  # tuned on held-out training images, not on the test split
     assert set(sweeper.params) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size",
                                    "model.num_hiddens"}
 

@@ -7,7 +7,9 @@ import yaml
 from conftest import run_cli
 from lightning.pytorch.profilers import SimpleProfiler
 
-from task1.train import QuietProfiler, build, train
+from task1.core.build import build
+from task1.core.shortcuts import QuietProfiler
+from task1.train import train
 
 
 @pytest.mark.parametrize("model", ["linear", "softmax", "mlp"])

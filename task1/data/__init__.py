@@ -1,8 +1,9 @@
-"""Data modules: Fashion-MNIST and synthetic linear-regression data, both served from memory."""
+"""Data: Fashion-MNIST and synthetic linear-regression data, both held in memory (no Lightning here: the
+LightningDataModule that serves them to a Trainer is `task1.data.module.DataModule`)."""
 
 from task1.data.fashion_mnist import LABELS, FashionMNIST, text_labels
-from task1.data.loader import InMemoryDataModule, TensorLoader
+from task1.data.loader import InMemoryData, TensorLoader
 from task1.data.synthetic import SyntheticRegression, synthetic_data
 
-__all__ = ["LABELS", "FashionMNIST", "InMemoryDataModule", "SyntheticRegression", "TensorLoader",
+__all__ = ["LABELS", "FashionMNIST", "InMemoryData", "SyntheticRegression", "TensorLoader",
            "synthetic_data", "text_labels"]

@@ -2,19 +2,25 @@
 
 import gzip
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import torch
-from torchvision import datasets
-from torchvision.datasets.utils import check_integrity
 
 from task1 import Task1Error
-from task1.data.loader import InMemoryDataModule
+from task1.data.loader import InMemoryData
+from task1.io import atomic_open
 
 LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-MD5 = dict(datasets.FashionMNIST.resources)  # "train-images-idx3-ubyte.gz" -> md5
+
+
+def _md5(name: str) -> str:
+    """torchvision's MD5 of a file it downloads ("train-images-idx3-ubyte.gz")."""
+    from torchvision import datasets  # here, not at import: tools that read no data skip torchvision
+
+    return dict(datasets.FashionMNIST.resources)[name]
 
 
 def text_labels(labels) -> list[str]:
@@ -35,20 +41,22 @@ def prepare_files(root: str | os.PathLike, download: bool) -> Path:
     Gzipped files are checked against torchvision's MD5s before they are unzipped, so a damaged copy is
     named instead of surfacing later as garbage.
     """
+    from torchvision import datasets
+    from torchvision.datasets.utils import check_integrity
+
     raw = Path(root) / "FashionMNIST" / "raw"
     todo = [n for n in FILES if not (raw / n).is_file()]
     for name in todo:
         gz = raw / f"{name}.gz"
         if not gz.is_file():
             continue
-        if not check_integrity(str(gz), MD5[gz.name]):
-            raise Task1Error(f"{gz} is corrupt or truncated (its MD5 is not {MD5[gz.name]}): delete it and copy "
+        if not check_integrity(str(gz), _md5(gz.name)):
+            raise Task1Error(f"{gz} is corrupt or truncated (its MD5 is not {_md5(gz.name)}): delete it and copy "
                              f"or download it again.")
-        with gzip.open(gz, "rb") as src:
-            data = src.read()
-        tmp = raw / f"{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(raw / name)  # atomic: an interrupted unzip never leaves a half file under the real name
+        # atomic, through a temporary file of its own: an interrupted unzip never leaves a half file under the
+        # real name, and jobs that unzip the same file at once never write into each other's
+        with gzip.open(gz, "rb") as src, atomic_open(raw / name) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
     if all((raw / n).is_file() for n in FILES):
         return raw
     if not download:
@@ -107,6 +115,8 @@ def read_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torc
     if n_images != n_labels:
         raise Task1Error(f"{images} holds {n_images} images but {labels} holds {n_labels} labels: the two files "
                          f"do not belong together. Copy both again from the same release.")
+    from torchvision import datasets
+
     ds = datasets.FashionMNIST(str(root), train=train, download=False)
     if ds.targets.numel() and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9:
         raise Task1Error(f"{labels} holds labels outside 0-9: replace it with the original Fashion-MNIST file.")
@@ -114,7 +124,7 @@ def read_split(root: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torc
     return ds.data.unsqueeze(1).float().div_(255), ds.targets.long()
 
 
-class FashionMNIST(InMemoryDataModule):
+class FashionMNIST(InMemoryData):
     """Fashion-MNIST: 60k training and 10k test images of ten kinds of clothing, 28x28 grey.
 
     `val_size` examples are held out of the 60k training images with a seeded split; `val_size=0`
@@ -129,11 +139,11 @@ class FashionMNIST(InMemoryDataModule):
         super().__init__(batch_size, eval_batch_size, seed, on_device)
         self.root, self.download, self.val_size, self.split_seed = root, download, val_size, split_seed
 
-    def prepare_data(self) -> None:
+    def prepare(self) -> None:
         prepare_files(self.root, self.download)
 
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        prepare_files(self.root, self.download)  # cheap when done; makes setup() alone enough outside a Trainer
+        self.prepare()  # cheap when done; setup() alone is enough outside a Trainer
         X, y = read_split(self.root, train=True)
         test = read_split(self.root, train=False)
         if not 0 <= self.val_size < len(X):

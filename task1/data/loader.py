@@ -1,6 +1,5 @@
 """Mini-batches as slices of tensors already in memory (nanoGPT's "prepare once, then index")."""
 
-import lightning as L
 import torch
 
 
@@ -78,45 +77,26 @@ class TensorLoader:
             yield batch
 
 
-class InMemoryDataModule(L.LightningDataModule):
-    """A LightningDataModule whose splits are (X, y) tensor pairs, loaded once in `setup` by `load()`."""
+class InMemoryData:
+    """A data set held in memory as (X, y) tensor pairs, one per split, and how to batch it.
+
+    `setup()` fills `splits` once with `load()`; the Lightning side (`task1.data.module.DataModule`) serves it.
+    """
+
+    labels: tuple[str, ...] | None = None  # the class names, for classification data
 
     def __init__(self, batch_size: int, eval_batch_size: int, seed: int | None, on_device: bool = True):
-        super().__init__()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.seed, self.on_device = seed, on_device
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def prepare(self) -> None:
+        """Make the files exist (download, unzip): once per machine, before `setup` in every process."""
 
     def load(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Return the "train", "val" and "test" splits as (X, y) pairs."""
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self) -> None:
         if not self.splits:
             self.splits = self.load()
-            # drawn once, after seeding, so a seeded run shuffles the same way every time
-            self.shuffle_seed = self.seed if self.seed is not None else int(torch.randint(0, 2**31, ()))
-        if self.on_device and self.trainer is not None:  # batches then need no host-to-device copy
-            device = self.trainer.strategy.root_device
-            self.splits = {k: (X.to(device), y.to(device)) for k, (X, y) in self.splits.items()}
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        X, y = batch
-        if X.device == device and y.device == device:  # on the device already: Lightning's default would walk
-            return batch  # the batch and call .to() on each tensor, every step, to the same effect
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
-    def _loader(self, split: str) -> TensorLoader:
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        train = split == "train"
-        return TensorLoader(*self.splits[split], self.batch_size if train else self.eval_batch_size,
-                            shuffle=train, seed=self.shuffle_seed, rank=rank, world_size=world_size)
-
-    def train_dataloader(self) -> TensorLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> TensorLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> TensorLoader:
-        return self._loader("test")

@@ -2,7 +2,7 @@
 
 import torch
 
-from task1.data.loader import InMemoryDataModule
+from task1.data.loader import InMemoryData
 
 
 def synthetic_data(w: torch.Tensor, b: float, num_examples: int, noise: float = 0.01,
@@ -14,7 +14,7 @@ def synthetic_data(w: torch.Tensor, b: float, num_examples: int, noise: float = 
     return X, y.reshape(-1, 1)  # (n, len(w)), (n, 1)
 
 
-class SyntheticRegression(InMemoryDataModule):
+class SyntheticRegression(InMemoryData):
     """`num_examples` training pairs and `num_test` test pairs drawn from one noisy linear model.
 
     `val_size=0` validates on the whole training set, which is what the book reports after each epoch.

@@ -1,11 +1,6 @@
-"""Models: `nets` (torch.nn) and `scratch` (hand-written twins), plus the LightningModule that trains them.
+"""Models: `torch` (the torch.nn versions), `scratch` (their hand-written twins, same names and signatures),
+`init` (the initialisation both share) and `system` (the LightningModule that trains any of them).
 
-`model.impl=torch|scratch` picks a module by name in the config's `_target_`, so `torch` names `nets` here.
+`model.impl=torch|scratch` names the module in the config's `_target_` (`task1.models.${model.impl}.MLP`).
+Nothing is imported here, so that reading a config imports no Lightning.
 """
-
-from task1.models import nets, scratch
-from task1.models.system import System
-
-torch = nets
-
-__all__ = ["System", "nets", "scratch", "torch"]

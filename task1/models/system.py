@@ -1,13 +1,15 @@
 """The LightningModule ("system") that trains any of the nets: one loop for all models and impls."""
 
-import inspect
 import logging
+import math
 import time
-from functools import partial
 
 import lightning as L
 import torch
 from torch import nn
+
+from task1.core.shortcuts import QuietHooks, store_signature
+from task1.optim.schedule import scheduler_steps, with_run_length
 
 log = logging.getLogger("task1")
 
@@ -57,7 +59,7 @@ class EpochSums:
         return torch.stack([self._loss.float(), self._correct.float(), self._loss.new_tensor(float(self._n))])
 
 
-class System(L.LightningModule):
+class System(QuietHooks, L.LightningModule):
     """Trains `net` on `loss` with an optimizer and an optional learning-rate scheduler.
 
     `optimizer` and `scheduler` are callables still missing their first argument (Hydra `_partial_` configs):
@@ -82,20 +84,6 @@ class System(L.LightningModule):
         self.history: list[dict] = []  # one dict of metrics per finished epoch
         self._sums: dict[str, EpochSums] = {}
         self._last: dict[str, dict] = {}
-
-    def __setattr__(self, name: str, value) -> None:
-        # Lightning names the running hook in `_current_fx_name` twice per hook call, 44 times a training step;
-        # nn.Module.__setattr__ spends ~3 us each looking for parameters, buffers and submodules (~140 us a step,
-        # a tenth of a softmax-regression step here). A string is none of those.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # called every step: unset or 0, the default checks its arguments through ~20 calls, then clips nothing
-        if gradient_clip_val:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     @property
     def classify(self) -> bool:
@@ -134,7 +122,9 @@ class System(L.LightningModule):
         every = self.trainer.log_every_n_steps
         if self.loggers and every and self.global_step % every == 0:
             # straight to the loggers: Lightning's self.log costs ~0.6 ms a call, every step
-            step_metrics = {"train/loss_step": loss.item(), "train/lr_step": self._lr()}
+            # the per-example mean, as train/loss is, also when the summed loss drives the update
+            per_example = loss.item() / (len(batch[1]) if self.loss_reduction == "sum" else 1)
+            step_metrics = {"train/loss_step": per_example, "train/lr_step": self._lr()}
             for logger in self.loggers:
                 logger.log_metrics(step_metrics, step=self.global_step)
         return loss
@@ -197,26 +187,20 @@ class System(L.LightningModule):
 
     def _scheduler_steps_per_run(self) -> int:
         """How often Lightning will call scheduler.step() in this run."""
-        epochs, every = self.trainer.max_epochs, self.scheduler_frequency
-        if self.scheduler_interval == "epoch":
-            return max(1, epochs // every)
-        batches = self.trainer.estimated_stepping_batches // epochs  # sets up the data: its count of batches
-        # Lightning steps after batches every, 2 * every, ... of each epoch: the count restarts every epoch
-        return max(1, epochs * (int(batches) // every))
+        trainer = self.trainer
+        trainer.estimated_stepping_batches  # noqa: B018 (sets up the data: num_training_batches is then known)
+        if not math.isfinite(trainer.num_training_batches):  # an endless run: only max_steps bounds it
+            return max(1, trainer.max_steps)
+        return scheduler_steps(self.scheduler_interval, self.scheduler_frequency, int(trainer.num_training_batches),
+                               trainer.max_epochs, trainer.accumulate_grad_batches, trainer.max_steps)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_fn(self.parameters())
         if self.scheduler_fn is None:
             return optimizer
-        fn = self.scheduler_fn
-        unset = [k for k, v in getattr(fn, "keywords", {}).items() if k in ("T_max", "total_steps") and v is None]
-        if unset:
-            fn = partial(fn, **dict.fromkeys(unset, self._scheduler_steps_per_run()))
-        scheduler = {"scheduler": fn(optimizer), "interval": self.scheduler_interval,
-                     "frequency": self.scheduler_frequency}
+        scheduler = {"scheduler": with_run_length(self.scheduler_fn, self._scheduler_steps_per_run)(optimizer),
+                     "interval": self.scheduler_interval, "frequency": self.scheduler_frequency}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
-# Lightning reads training_step's signature before every step (inspect.getfullargspec, ~50 Python calls, to know
-# whether to pass batch_idx); inspect returns a stored __signature__ at once.
-System.training_step.__signature__ = inspect.signature(System.training_step)
+store_signature(System.training_step)

@@ -1,45 +1,18 @@
 """Checkpoints that survive faults: periodic and on SIGTERM, never non-finite, loaded without running code."""
 
-import math
-import os
 import pickle
 import re
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from task1 import Task1Error
-
-
-def diverged_message(epoch: int, step: int, what: str) -> str:
-    return (f"Training diverged: {what} in epoch {epoch + 1} at step {step} (optimizer steps since the start). "
-            f"Lower the learning rate (optimizer.lr) and start again; the last good checkpoint is kept.")
-
-
-class FiniteLoss(Callback):
-    """Stops the run at the first non-finite training loss.
-
-    On the CPU every step is checked (a few microseconds). On a GPU, reading the loss forces the host to wait
-    for the device, so only every `gpu_every` steps are checked there; a NaN in between is caught at the next
-    check, and the checkpoint guard below keeps it out of every file meanwhile.
-    """
-
-    def __init__(self, gpu_every: int = 50):
-        self.gpu_every = gpu_every
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        step = trainer.global_step
-        if loss is None or (loss.device.type != "cpu" and step % self.gpu_every):
-            return
-        value = loss.item()
-        if not math.isfinite(value):
-            where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
-            raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))
+from task1.core.callbacks import diverged_message
+from task1.io import atomic_open
 
 
 class LastCheckpoint(Checkpoint):
@@ -85,9 +58,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            torch.save(checkpoint, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "omegaconf", "numpy")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _version(name: str) -> str | None:

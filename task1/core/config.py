@@ -5,9 +5,14 @@ Hydra already refuses a key that is not in the config (`optimizer.lrr=0.1`) and 
 cannot work, and keys added with `+` that the class a node names does not take.
 """
 
+import ast
 import difflib
+import importlib.util
 import inspect
+import math
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
@@ -31,6 +36,8 @@ class Spec:
         kinds = (int, float) if self.kind is float else (self.kind,)
         if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, kinds):
             return False
+        if isinstance(value, float) and not math.isfinite(value):
+            return False  # inf and nan pass every comparison test or none: never a setting
         if isinstance(self.ok, tuple):
             return value in self.ok
         return self.ok is None or bool(self.ok(value))
@@ -106,16 +113,73 @@ def _fail(field: str, value: Any, allowed: str) -> None:
     raise Task1Error(f"{field}={_show(value)} is not allowed: expected {allowed}.")
 
 
+def _module_file(module: str) -> Path | None:
+    """The source file of `module`, found without running any of its package's code."""
+    top, *rest = module.split(".")
+    spec = importlib.util.find_spec(top)  # a top-level name: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *rest)
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def static_params(target: str) -> set[str] | None:
+    """The parameter names of class `target`'s `__init__` (None: it takes any keyword), read from its source
+    without importing it; LookupError when the source does not say (no file, no `__init__` of its own).
+
+    Follows `from x import Name` re-exports. This keeps `import lightning` (seconds) out of a config check.
+    """
+    module, _, name = target.rpartition(".")
+    for _ in range(8):  # re-exports are a few levels deep at most
+        path = _module_file(module)
+        if path is None:
+            break
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name == name:
+                init = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+                if init is None:
+                    raise LookupError(target)
+                a = init.args
+                return None if a.kwarg is not None else {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)[1:]}
+            if isinstance(node, ast.ImportFrom) and node.module:
+                alias = next((x for x in node.names if (x.asname or x.name) == name), None)
+                if alias is not None:
+                    base = module if path.name == "__init__.py" else module.rpartition(".")[0]
+                    for _ in range(node.level - 1):
+                        base = base.rpartition(".")[0]
+                    module, name = (f"{base}.{node.module}" if node.level else node.module), alias.name
+                    break
+        else:
+            break
+    raise LookupError(target)
+
+
+def _params(target: str) -> set[str] | None:
+    """Parameter names of what `target` names; None when it takes any keyword (**kwargs)."""
+    if target.split(".")[0] == "lightning" and "lightning" not in sys.modules:
+        try:
+            return static_params(target)
+        except LookupError:
+            pass
+    params = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
 def _check_keys(path: str, node: DictConfig) -> None:
     """Keys of a `_target_` node must be arguments of what it names (unless that takes **kwargs)."""
     try:
-        params = inspect.signature(get_object(node._target_)).parameters.values()
-    except Exception:
-        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported: name a class or function "
-                         f"of task1, torch or lightning.") from None
-    if any(p.kind is p.VAR_KEYWORD for p in params):
+        params = _params(node._target_)
+    except Exception as e:
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({type(e).__name__}: {cause}): "
+                         f"name a class or function of task1, torch or lightning, and check that what it needs "
+                         f"is installed.") from None
+    if params is None:
         return
-    names = {p.name for p in params} | OWN_KEYS.get(path, set())
+    names = params | OWN_KEYS.get(path, set())
     for key in node:
         if not str(key).startswith("_") and key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)

@@ -1,5 +1,7 @@
-"""Lightning callbacks that show a run's predictions: example grids, confusion matrices, per-class accuracy."""
+"""Lightning callbacks: the stop at a non-finite loss, and the figures of a run's predictions (example grids,
+confusion matrices, per-class accuracy). The checkpoint callback is in checkpoints.py."""
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -7,7 +9,34 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from task1 import plots
+from task1 import Task1Error, plots
+
+
+def diverged_message(epoch: int, step: int, what: str) -> str:
+    return (f"Training diverged: {what} in epoch {epoch + 1} at step {step} (optimizer steps since the start). "
+            f"Lower the learning rate (optimizer.lr) and start again; the last good checkpoint is kept.")
+
+
+class FiniteLoss(L.Callback):
+    """Stops the run at the first non-finite training loss.
+
+    On the CPU every step is checked (a few microseconds). On a GPU, reading the loss forces the host to wait
+    for the device, so only every `gpu_every` steps are checked there; a NaN in between is caught at the next
+    check, and the checkpoint guard below keeps it out of every file meanwhile.
+    """
+
+    def __init__(self, gpu_every: int = 50):
+        self.gpu_every = gpu_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        step = trainer.global_step
+        if loss is None or (loss.device.type != "cpu" and step % self.gpu_every):
+            return
+        value = loss.item()
+        if not math.isfinite(value):
+            where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
+            raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))
 
 
 class PredictionFigures(L.Callback):

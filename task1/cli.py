@@ -1,0 +1,106 @@
+"""The command line: one way to report a mistake, and the argument rewriting that turns a run folder into a run.
+
+Every command reports a `Task1Error` the same way: one logged line, exit status 1. `rerun` and `resume` both
+start from what a run saved (`<run>/.hydra/config.yaml`, the composed config with its interpolations), never from
+today's `conf/`, so they train exactly what the run trained.
+"""
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from task1 import Task1Error
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def exit_on_error(entry):
+    """Wrap an entry point so that a Task1Error is logged as its message alone and the process exits with 1."""
+
+    @functools.wraps(entry)
+    def wrapper(*args, **kwargs):
+        try:
+            return entry(*args, **kwargs)
+        except Task1Error as e:
+            if not logging.getLogger().handlers:  # before Hydra or argparse set up logging
+                logging.basicConfig(level=logging.INFO, format="%(message)s")
+            logging.getLogger("task1").error("%s", e)
+            sys.exit(1)
+
+    return wrapper
+
+
+def saved_config_dir(run: str | Path, how: str = "") -> Path:
+    """The `.hydra` folder of a run folder (or that folder itself), checked to hold a saved config."""
+    run = Path(run).resolve()
+    hydra_dir = run if run.name == ".hydra" else run / ".hydra"
+    if not (hydra_dir / "config.yaml").is_file():
+        raise Task1Error(f"{how}{run} is not a run folder: {hydra_dir / 'config.yaml'} does not exist. Pass the "
+                         f"folder of a run, e.g. outputs/runs/<date>_<time>_<microseconds>.")
+    return hydra_dir
+
+
+def _saved_run(hydra_dir: Path, rest: list[str]) -> list[str]:
+    """Arguments that make Hydra compose the run's saved config, then `rest`."""
+    return ["--config-path", str(hydra_dir), "--config-name", "config", *rest]
+
+
+def rerun_argv(argv: list[str]) -> list[str]:
+    """Rewrite `--config-dir <run>/.hydra` into `--config-path`, and give the rerun a fresh run folder.
+
+    Hydra searches `--config-dir` after conf/, so conf/config.yaml would shadow the saved config.yaml and the
+    "rerun" would silently train the default model. Other uses of `--config-dir` pass through untouched.
+    """
+    args = list(argv)
+    for i, arg in enumerate(args):
+        name, _, value = arg.partition("=")
+        if name in CONFIG_DIR_FLAGS and (value or i + 1 < len(args)):
+            path = Path(value or args[i + 1])
+            if (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file():  # a saved run, not conf/
+                args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
+                return args + _run_dirs(args)
+    return args
+
+
+def _run_dirs(args: list[str]) -> list[str]:
+    """conf/hydra/default.yaml's run and sweep folders, which the saved config (it has no defaults) lacks."""
+    hydra = OmegaConf.to_container(OmegaConf.load(CONF / "hydra" / "default.yaml"), resolve=False)  # keep ${now:}
+    dirs = {"hydra.run.dir": hydra["run"]["dir"], "hydra.sweep.dir": hydra["sweep"]["dir"],
+            "hydra.sweep.subdir": hydra["sweep"]["subdir"]}
+    given = {a.split("=", 1)[0] for a in args}
+    return [f"{k}={v}" for k, v in dirs.items() if k not in given]
+
+
+def resume_argv(argv: list[str]) -> list[str]:
+    """`resume=<run folder>` -> the run's saved config, then the other arguments, writing into that folder.
+
+    Hydra then composes the very config the run started with, whatever `conf/` holds today, and keeps `.hydra/`
+    of the first start as it is (`hydra.output_subdir=null`); the log goes on in its train.log. Which of the
+    other overrides may change a resumed run is checked later (`task1.core.runs.check_resume`).
+    """
+    given = [a for a in argv[1:] if a.startswith("resume=")]
+    if not given:
+        return argv
+    run = Path(given[-1].split("=", 1)[1]).resolve()
+    hydra_dir = saved_config_dir(run, how="resume=")
+    rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    return [argv[0], *_saved_run(hydra_dir, rest), f"resume={run}", f"hydra.run.dir={run}",
+            "hydra.output_subdir=null"]
+
+
+def train_argv(argv: list[str]) -> list[str]:
+    """`python -m task1.train`'s arguments with a saved run's folder (rerun, resume) turned into its config."""
+    return resume_argv(rerun_argv(argv))
+
+
+def rerun_main_argv(argv: list[str]) -> list[str]:
+    """`task1.rerun <run folder> [overrides]` as the arguments of `task1.train`."""
+    if len(argv) < 2 or argv[1].startswith("-"):
+        print("usage: python -m task1.rerun <run folder> [overrides]", file=sys.stderr)
+        sys.exit(2)
+    hydra_dir = saved_config_dir(argv[1])
+    return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *argv[2:]])

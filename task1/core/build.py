@@ -1,0 +1,199 @@
+"""Build and run one training: config -> data module, system, trainer -> fit, test -> metrics.json.
+
+`train(cfg)` is the whole job; `build(cfg)` returns what it fits (scripts/bench.py times it). Nothing below this
+module reads the config object: the classes take plain arguments.
+"""
+
+import json
+import logging
+import time
+import warnings
+from functools import partial
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from task1 import plots
+from task1.core.callbacks import FiniteLoss, PredictionFigures
+from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
+from task1.core.config import validate
+from task1.core.ddp import prepare_ddp_relaunch
+from task1.core.hparams import log_hparams
+from task1.core.provenance import provenance
+from task1.core.runs import check_resume, check_run_folder, failure_metrics
+from task1.core.shortcuts import QuietProfiler
+from task1.data.module import DataModule
+from task1.io import write_json
+from task1.models.system import System
+from task1.sweeps.jobs import thread_budget
+
+log = logging.getLogger("task1")
+# Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+class Built(NamedTuple):
+    """What `train(cfg)` fits: also what scripts/bench.py times."""
+
+    datamodule: DataModule
+    system: System
+    trainer: L.Trainer
+    out: Path  # the run folder
+    resume_from: Path | None  # the checkpoint a resumed run goes on from
+    predictions: PredictionFigures | None
+
+
+def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
+    """Validate `cfg`, then build the data module, the system and the trainer (with `callbacks` added)."""
+    validate(cfg)
+    out, resume_from = run_folder(cfg)
+    set_threads_and_seed(cfg)
+    datamodule = DataModule(instantiate(cfg.data))
+    system = build_system(cfg)
+    save_config(system, cfg, out)
+    start_from_checkpoint(system, cfg, resume_from)
+    callbacks, predictions = make_callbacks(cfg, out, system, datamodule, callbacks)
+    trainer = build_trainer(cfg, out, callbacks)
+    return Built(datamodule, system, trainer, out, resume_from, predictions)
+
+
+def run_folder(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """The run folder, made; when resuming, the checkpoint to go on from (a finished run is never trained over)."""
+    out = Path(cfg.get("resume") or cfg.output_dir)
+    resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
+    out.mkdir(parents=True, exist_ok=True)
+    return out, resume_from
+
+
+def set_threads_and_seed(cfg: DictConfig) -> None:
+    threads = thread_budget(cfg.threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build_system(cfg: DictConfig) -> System:
+    """The LightningModule for `cfg.model`, `cfg.optimizer` and `cfg.scheduler`."""
+    scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
+    interval, frequency = scheduler.pop("interval", "epoch"), scheduler.pop("frequency", 1)
+    return System(
+        net=instantiate(cfg.model.net),
+        loss=_plain_partial(instantiate(cfg.model.loss)),
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(scheduler) if scheduler else None,
+        loss_reduction=cfg.model.loss_reduction,
+        task=cfg.model.task,
+        scheduler_interval=interval,
+        scheduler_frequency=frequency,
+    )
+
+
+def _plain_partial(fn):
+    """Hydra's `_partial_` object re-runs its target-policy check on every call (as long as a whole softmax
+    step): the loss, called every step, becomes a plain functools.partial of the target Hydra checked."""
+    return partial(fn.func, *fn.args, **fn.keywords) if isinstance(fn, partial) else fn
+
+
+def save_config(system: System, cfg: DictConfig, out: Path) -> None:
+    """The resolved config: in the checkpoints as plain data (no pickled objects: loadable with weights_only),
+    and as config_resolved.yaml, exactly what ran."""
+    system.hparams["config"] = OmegaConf.to_container(cfg, resolve=True)
+    (out / "config_resolved.yaml").write_text(OmegaConf.to_yaml(system.hparams["config"]))
+
+
+def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | None) -> None:
+    """Check the checkpoint a run resumes from (or takes its weights from) before Lightning reads it."""
+    init_from = resume_from or cfg.get("ckpt_path")
+    if not init_from:
+        return
+    checkpoint = load_checkpoint(init_from)
+    check_compatible(init_from, checkpoint, system)
+    if resume_from:
+        check_resume(cfg, checkpoint)
+    else:  # weights only: a new run, with a fresh optimizer, from epoch 1
+        system.load_state_dict(checkpoint["state_dict"])
+    log.info("%s from %s (epoch %d, step %d)", "resuming" if resume_from else "starting", init_from,
+             checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0))
+
+
+def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataModule,
+                   extra: tuple[Callback, ...]) -> tuple[list[Callback], PredictionFigures | None]:
+    """The NaN stop, the best and last checkpoints, the prediction figures when drawn, then `extra`."""
+    monitor, mode = system.monitor
+    best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
+    callbacks, predictions = [FiniteLoss(), best, last, *extra], None
+    figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
+    if figures["enabled"] and system.classify:
+        predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
+        callbacks.append(predictions)
+    return callbacks, predictions
+
+
+def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Trainer:
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        prepare_ddp_relaunch(out)
+    profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                       default_root_dir=str(out), deterministic=cfg.seed is not None, **profiler)
+
+
+def summary_table(final: dict) -> str:
+    """The final metrics as a small text table: one row per split."""
+    columns = [c for c in ("loss", "acc") if any(k.endswith("/" + c) for k in final)]
+    lines = ["split  " + "".join(f"{c:>10}" for c in columns)]
+    for split in ("train", "val", "test"):
+        if f"{split}/loss" in final:
+            row = (final.get(f"{split}/{c}", float("nan")) for c in columns)
+            lines.append(f"{split:<7}" + "".join(f"{v:>10.4f}" for v in row))
+    return "\n".join(lines)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
+    start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
+    datamodule, system, trainer, out, resume_from, predictions = build(cfg)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+    except BaseException as e:  # metrics.json says what happened, then the error goes on up
+        metrics, error = failure_metrics(e, system.history, cfg.seed, out)
+        if trainer.is_global_zero:
+            write_json(out / "metrics.json", metrics)
+        if error is None:
+            raise
+        raise error from None
+
+    final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
+    final.update({k: float(v) for k, v in test.items()})
+    metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
+               "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
+               "final": final, "history": system.history, "provenance": origin}
+    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
+        w, b = system.net.get_w_b()
+        true_w, true_b = datamodule.data.true_w, datamodule.data.true_b
+        metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b,
+                       w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
+    if predictions:
+        metrics["per_class_acc"] = predictions.per_class_acc
+    if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
+        log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
+    if trainer.is_global_zero:
+        write_json(out / "metrics.json", metrics)
+        if (cfg.get("figures") or {}).get("enabled"):
+            plots.run_figures(metrics, out / "figures")
+        for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
+            if isinstance(lg, TensorBoardLogger):
+                log_hparams(lg, system.hparams["config"], final, trainer.global_step)
+        log.info("final metrics (%s)\n%s", out, summary_table(final))
+    return metrics

@@ -1,0 +1,51 @@
+"""DDP under Hydra: Lightning re-launches this command for the other ranks; make that relaunch this one job."""
+
+import os
+import sys
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import read_write
+from torch import distributed as dist
+
+from task1 import Task1Error
+
+# what Lightning's DDP launcher sets in the environment of the process that starts the other ranks
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_env_before_ddp: dict[str, str | None] | None = None
+
+
+def prepare_ddp_relaunch(output_dir: Path) -> None:
+    """Make Lightning's DDP launcher start the other ranks as this one job writing into `output_dir`.
+
+    Lightning re-runs `python -m task1.train <this process's argv> hydra.run.dir=<hydra.run.dir>`. Inside a
+    multirun that argv is the whole sweep and run.dir is not the job's folder: each rank would start a sweep of
+    its own. So the ranks get this job's overrides only, and run.dir is pointed at the job's folder. A previous
+    DDP job of the same sweep left its process group and environment behind: both are cleared first, or this
+    job would take itself for a rank started by someone else and talk to the finished job's ranks.
+    """
+    global _env_before_ddp
+    if _env_before_ddp is not None:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in _env_before_ddp.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        _env_before_ddp = None
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:  # not Hydra, or a rank started by a launcher
+        return
+    hc = HydraConfig.get()
+    entry = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
+    if hc.mode == RunMode.MULTIRUN and entry != "task1.train" and "SLURM_JOB_ID" not in os.environ:
+        raise Task1Error("trainer=ddp in a multirun needs the default launcher (jobs one after the other): Lightning "
+                         "starts the other ranks by running `python -m task1.train` again, which a joblib or "
+                         "submitit_local worker is not. On SLURM, use hydra/launcher=slurm with tasks_per_node set "
+                         "to trainer.devices.")
+    _env_before_ddp = {k: os.environ.get(k) for k in _DDP_ENV}
+    if hc.mode == RunMode.MULTIRUN:
+        sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc):
+        hc.run.dir = str(output_dir)

@@ -1,0 +1,49 @@
+"""Small shared helpers: atomic file writes and a natural sort key."""
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file that replaces `path` only once it is complete and on disk.
+
+    The data goes to a temporary file of a unique name in the same folder (so two writers never share one, and
+    the rename never crosses file systems), is flushed and fsynced, then renamed over `path`: a crash leaves the
+    old file or the new one, never half of one. On an error the temporary file is removed.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
+    """Write `content` to `path` atomically (see `atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(content if isinstance(content, bytes) else content.encode())
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """`data` as indented JSON, written atomically (metrics.json, reports)."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def natural_key(name: str) -> list:
+    """A sort key where numbers compare as numbers: d2l_3_2 < d2l_3_10, job 2 < job 10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

@@ -1,0 +1,1 @@
+"""What multiruns need: the sweep report and each job's share of the cores."""

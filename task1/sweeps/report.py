@@ -1,0 +1,199 @@
+"""Sweep report: `python -m task1.summarize <sweep folder>`, and the Hydra callback that runs it after every multirun.
+
+One row per job (its overrides, final metrics, wall time, status, and the first line of the error of a failed
+job) in `summary.csv` and `summary.md`, and `summary.png`: the chosen metric against each swept parameter.
+"""
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from task1 import Task1Error
+from task1.cli import exit_on_error
+from task1.io import natural_key, write_atomic
+
+log = logging.getLogger("task1")
+SPLITS = ("train", "val", "test")
+
+
+def read_jobs(sweep: Path) -> list[dict]:
+    """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order."""
+    folders = [p.parent.parent for p in sweep.glob("*/.hydra/overrides.yaml")]
+    folders.sort(key=lambda p: natural_key(p.name))
+    jobs = []
+    for folder in folders:
+        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        path = folder / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        # no metrics.json: the job was killed (or is still running) before it could write one
+        jobs.append({"job": folder.name, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+                     "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
+                     "wall_time_s": metrics.get("wall_time_s"), "error": metrics.get("error", "").split("\n")[0]})
+    return jobs
+
+
+def swept_params(jobs: list[dict]) -> list[str]:
+    """The override keys whose value is not the same in every job."""
+    keys = sorted({k for j in jobs for k in j["overrides"]}, key=lambda k: min(
+        list(j["overrides"]).index(k) for j in jobs if k in j["overrides"]))
+    return [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+
+
+def metric_names(jobs: list[dict]) -> list[str]:
+    """Final metric names present in any job: train, val, test first, then the rest, alphabetically."""
+    names = {k for j in jobs for k in j["final"]}
+    order = {s: i for i, s in enumerate(SPLITS)}
+    return sorted(names, key=lambda k: (order.get(k.split("/")[0], len(SPLITS)), k))
+
+
+def pick_metric(jobs: list[dict], metric: str | None) -> str | None:
+    """`metric` if given, else val/acc where there is one (classification), else val/loss."""
+    if metric:
+        return metric
+    names = metric_names(jobs)
+    return next((m for m in ("val/acc", "val/loss") if m in names), None)
+
+
+def best_job(jobs: list[dict], metric: str) -> dict | None:
+    """The completed job with the best `metric`: lowest for a loss, highest otherwise."""
+    done = [j for j in jobs if j["status"] == "completed" and isinstance(j["final"].get(metric), float)]
+    if not done:
+        return None
+    sign = -1 if metric.endswith("loss") else 1
+    return max(done, key=lambda j: sign * j["final"][metric])
+
+
+def _rows(jobs: list[dict], params: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
+    header = ["job", "status", *params, *metrics, "wall_time_s", "overrides", "error"]
+    rows = [[j["job"], j["status"], *(j["overrides"].get(p, "") for p in params),
+             *(j["final"].get(m, "") for m in metrics), j["wall_time_s"] if j["wall_time_s"] is not None else "",
+             " ".join(f"{k}={v}" for k, v in j["overrides"].items()), j["error"]] for j in jobs]
+    return header, rows
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, str) and _as_float(v) is not None and not v.isdigit():
+        v = float(v)  # a swept 0.08471801418819976 reads better as 0.08472
+    text = f"{v:.4g}" if isinstance(v, float) else str(v)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None) -> str:
+    """The report as Markdown: counts, the overrides every job shares, the best job, the table, the plot."""
+    header, rows = _rows(jobs, params, metric_names(jobs))
+    keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
+    counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "failed", "incomplete")}
+    lines = [f"# Sweep {sweep}", "", f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
+    shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
+    if shared:
+        lines.append(f"\nEvery job: `{' '.join(shared)}`")
+    best = best_job(jobs, metric) if metric else None
+    if best:
+        swept = " ".join(f"{k}={best['overrides'][k]}" for k in params if k in best["overrides"])
+        lines.append(f"\nBest {metric}: **{best['final'][metric]:.4f}**, job {best['job']} ({swept})")
+    lines += ["", "| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
+    lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
+    if metric and params:
+        lines += ["", f"![{metric} against each swept parameter](summary.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _as_float(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        return None
+
+
+def plot(jobs: list[dict], params: list[str], metric: str, path: Path) -> None:
+    """`metric` of every completed job against each swept parameter, one panel each; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a report, also on a machine without a display
+    import matplotlib.pyplot as plt
+
+    done = [j for j in jobs if isinstance(j["final"].get(metric), float)]
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.4), squeeze=False)
+    for ax, p in zip(axes[0], params, strict=True):
+        pairs = [(j["overrides"].get(p, ""), j["final"][metric]) for j in done]
+        xs = [_as_float(x) for x, _ in pairs]
+        if pairs and all(x is not None for x in xs):  # a numeric parameter: on its own scale
+            ax.scatter(xs, [y for _, y in pairs])
+            if min(xs) > 0 and max(xs) / min(xs) >= 10:  # learning rates, weight decays: log-spaced
+                ax.set_xscale("log")
+            if len(set(xs)) <= 8:  # a grid: tick exactly the values tried
+                ax.minorticks_off()
+                ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
+        else:  # a choice (model=softmax,mlp): one column per value
+            labels = sorted({x for x, _ in pairs})
+            ax.scatter([labels.index(x) for x, _ in pairs], [y for _, y in pairs])
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_xlabel(p)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{metric}: {len(done)} of {len(jobs)} jobs")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]:
+    """Write summary.csv, summary.md and (when something was swept) summary.png into `sweep`; return the jobs."""
+    sweep = Path(sweep)
+    jobs = read_jobs(sweep)
+    if not jobs:
+        raise Task1Error(f"{sweep} holds no job folders (<job>/.hydra/overrides.yaml): pass the folder of a "
+                         f"multirun, e.g. outputs/multiruns/<date>_<time>")
+    params, metric = swept_params(jobs), pick_metric(jobs, metric)
+    header, rows = _rows(jobs, params, metric_names(jobs))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    write_atomic(sweep / "summary.csv", buf.getvalue())
+    write_atomic(sweep / "summary.md", markdown(sweep, jobs, params, metric))
+    if metric and params:
+        plot(jobs, params, metric, sweep / "summary.png")
+    best = best_job(jobs, metric) if metric else None
+    failed = sum(j["status"] != "completed" for j in jobs)
+    log.info("sweep report: %s (%d jobs, %d not completed%s)", sweep / "summary.md", len(jobs), failed,
+             f"; best {metric} {best['final'][metric]:.4f}: job {best['job']}" if best else "")
+    return jobs
+
+
+class SweepReport(Callback):
+    """Hydra callback: the sweep report, written when a multirun ends (also when some of its jobs failed)."""
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        metric = self.metric or config.get("optimized_metric")
+        try:
+            summarize(config.hydra.sweep.dir, metric)
+        except Exception:  # the jobs' results are on disk either way: `python -m task1.summarize` can retry
+            log.exception("could not write the sweep report for %s", config.hydra.sweep.dir)
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m task1.summarize", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", help="the multirun folder, e.g. outputs/multiruns/2026-01-01_12-00-00_000000")
+    parser.add_argument("--metric", help="the metric to plot and rank by (default: val/acc, or val/loss)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    summarize(args.sweep, args.metric)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""Overlay the learning curves of several runs: `python -m task1.curves <folder> [<folder> ...] [--out curves.png]`.
+
+Every `metrics.json` under the folders counts as one run (a sweep folder holds one per job), labelled with its
+command-line overrides when Hydra saved them, else with its folder.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from task1 import Task1Error, plots
+from task1.cli import exit_on_error
+from task1.io import natural_key
+
+
+def run_label(run: Path, root: Path) -> str:
+    """A run's overrides ("model=mlp optimizer.lr=0.1"), or its folder relative to `root`."""
+    overrides = run / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        saved = yaml.safe_load(overrides.read_text()) or []
+        shown = [o for o in saved if not str(o).startswith(("hydra.", "output_dir="))]
+        if shown:
+            return " ".join(map(str, shown))
+    return str(run.relative_to(root)) if run != root else run.name
+
+
+def find_runs(folders: list[Path]) -> dict[str, list[dict]]:
+    """{label: per-epoch history} for every metrics.json under `folders`, in folder order."""
+    runs = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise Task1Error(f"{folder} is not a folder: pass run or sweep folders (outputs/multiruns/<date>_<time>).")
+        for path in sorted(folder.rglob("metrics.json"), key=lambda p: [natural_key(s) for s in p.parent.parts]):
+            history = json.loads(path.read_text()).get("history") or []
+            if history:
+                label = run_label(path.parent, folder)
+                runs[label if label not in runs else str(path.parent)] = history
+    if not runs:
+        raise Task1Error(f"no metrics.json with a per-epoch history under {', '.join(map(str, folders))}: "
+                         f"a run writes one when it finishes.")
+    return shorten(runs)
+
+
+def shorten(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Drop from the labels the overrides that all runs share: what is left is what differs."""
+    words = [label.split(" ") for label in runs]
+    common = set.intersection(*map(set, words)) if len(runs) > 1 else set()
+    short = [" ".join(w for w in ws if w not in common) for ws in words]
+    if len(set(short)) < len(runs) or not all(short):
+        return runs
+    return dict(zip(short, runs.values(), strict=True))
+
+
+def overlay(folders: list[Path], out: Path) -> Path:
+    """Save the overlaid learning curves of every run under `folders` as `out`; return it."""
+    return plots.save(plots.learning_curves(find_runs(folders)), out)
+
+
+@exit_on_error
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m task1.curves", description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
+    parser.add_argument("--out", type=Path, help="the PNG to write (default: <first folder>/curves.png)")
+    args = parser.parse_args(argv)
+    path = overlay(args.folders, args.out or args.folders[0] / "curves.png")
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Run a finished run again from its folder: `python -m task1.rerun <run folder> [overrides]`.
+
+The run's `.hydra/config.yaml` (the full config, interpolations kept) becomes the primary config, so the rerun
+trains exactly what the run trained, in a new run folder; overrides such as `trainer.max_epochs=20` still apply
+on top.
+"""
+
+import sys
+
+from task1 import cli, train
+
+
+@cli.exit_on_error
+def main() -> None:
+    sys.argv = cli.rerun_main_argv(sys.argv)
+    train.run()
+
+
+if __name__ == "__main__":
+    main()

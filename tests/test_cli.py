@@ -1,0 +1,96 @@
+"""The command line: answers that import no Lightning, console scripts, and the Lightning short-cuts' check."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+# runs a `python -m` module as the user would, then says whether Lightning (or torch) was ever imported
+PROBE = """
+import atexit, runpy, sys
+atexit.register(lambda: print("IMPORTED", "lightning" in sys.modules, "torch" in sys.modules, file=sys.stderr))
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
+
+def probe(module: str, *args: str, cwd: Path = ROOT) -> tuple[subprocess.CompletedProcess, bool, bool]:
+    result = subprocess.run([sys.executable, "-c", PROBE, module, *args], cwd=cwd, capture_output=True, text=True,
+                            timeout=300)
+    line = [x for x in result.stderr.splitlines() if x.startswith("IMPORTED ")][-1].split()
+    return result, line[1] == "True", line[2] == "True"
+
+
+def a_sweep(folder: Path) -> Path:
+    """A finished two-job sweep's folders, as task1 writes them."""
+    for job, lr, acc in ((0, "0.1", 0.8), (1, "0.3", 0.7)):
+        (folder / str(job) / ".hydra").mkdir(parents=True)
+        (folder / str(job) / ".hydra" / "overrides.yaml").write_text(f"- optimizer.lr={lr}\n")
+        history = [{"epoch": 0, "train/loss": 0.5, "train/acc": acc, "val/loss": 0.6, "val/acc": acc}]
+        (folder / str(job) / "metrics.json").write_text(json.dumps(
+            {"status": "completed", "final": {"val/acc": acc}, "history": history, "wall_time_s": 1.0}))
+    return folder
+
+
+@pytest.mark.parametrize("case", ["help", "cfg", "bad value", "unknown key", "trainer key typo", "lr_schedule",
+                                  "summarize", "curves", "reproduce --no-run", "show"])
+def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
+    commands = {
+        "help": (0, "task1.train", "--help"),
+        "cfg": (0, "task1.train", "--cfg", "job"),
+        "bad value": (1, "task1.train", "data.batch_size=0", f"hydra.run.dir={tmp_path}"),
+        "unknown key": (1, "task1.train", "+optimizer.lrr=0.1", f"hydra.run.dir={tmp_path}"),
+        "trainer key typo": (1, "task1.train", "+trainer.max_epoch=3", f"hydra.run.dir={tmp_path}"),
+        "lr_schedule": (0, "task1.lr_schedule", "scheduler=cosine", "trainer.max_epochs=2",
+                        f"hydra.run.dir={tmp_path}"),
+        "summarize": (0, "task1.summarize", str(a_sweep(tmp_path / "sweep"))),
+        "curves": (0, "task1.curves", str(a_sweep(tmp_path / "sweep2")), "--out", str(tmp_path / "c.png")),
+        "reproduce --no-run": (1, "task1.reproduce", "--no-run", "--out", str(tmp_path), "--experiments",
+                               "d2l_3_2_linear_scratch"),
+        "show": (0, "task1.show", f"data.root={fake_root}", f"hydra.run.dir={tmp_path}"),
+    }
+    status, *command = commands[case]
+    result, lightning, torch = probe(*command)
+    assert result.returncode == status, result.stderr[-3000:]
+    assert not lightning, f"{' '.join(command)} imported Lightning"
+    if case in ("help", "cfg", "bad value"):
+        assert not torch, f"{' '.join(command)} imported torch"
+    if case == "trainer key typo":  # read from Lightning's source, not by importing it
+        assert "trainer.max_epoch is not a field of trainer" in result.stdout
+        assert "did you mean trainer.max_epochs?" in result.stdout
+
+
+def test_static_signatures_equal_the_imported_ones():
+    import inspect
+
+    from hydra.utils import get_object
+
+    from task1.core.config import static_params
+
+    targets = ("lightning.pytorch.Trainer", "lightning.Trainer", "lightning.pytorch.loggers.CSVLogger",
+               "lightning.pytorch.loggers.TensorBoardLogger")
+    for target in targets:
+        params = inspect.signature(get_object(target)).parameters.values()
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+        assert static_params(target) == (None if takes_any else {p.name for p in params}), target
+
+
+def test_lightning_still_has_what_the_short_cuts_rely_on():
+    from task1.core import shortcuts
+
+    assert shortcuts.check() == []
+
+
+def test_console_scripts_are_installed_and_answer(tmp_path):
+    scripts = Path(sys.executable).parent
+    for name in ("task1-train", "task1-rerun", "task1-eval", "task1-reproduce", "task1-show", "task1-curves",
+                 "task1-lr-schedule", "task1-summarize"):
+        assert (scripts / name).is_file() or shutil.which(name), f"{name} is not installed: pip install -e ."
+    result = subprocess.run([str(scripts / "task1-train"), "data.batch_size=0", f"hydra.run.dir={tmp_path}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "data.batch_size=0 is not allowed" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
