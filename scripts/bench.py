@@ -14,9 +14,9 @@ that machine noise hits all of them alike, all on the CPU (also where a GPU is p
      (same data module, LightningModule, callbacks, logger), run by Trainer.fit.
 "train" is the pass over the training batches; "epoch" is everything one epoch costs (for C: training,
 validation, logging, checkpoints; for A and B: training and test accuracy; L has no more than its training).
-Figures are medians over the epochs after the first (warm-up) one. Start-up is measured on subprocesses: process
-start to the first training step of `python -m task1.train` (the wall time of its first TensorBoard event) against
-`python -c "import lightning"`.
+Figures are medians over the epochs after the first (warm-up) one. Start-up is measured on subprocesses, interleaved,
+as ratios to `python -c "import torch"`: `task1.train --help`, a config error, `task1.lr_schedule`, `import
+lightning`, and `python -m task1.train` to its first training step (the wall time of its first TensorBoard event).
 Uses the real Fashion-MNIST in data/ when present, else generated data of the same shape.
 """
 
@@ -226,20 +226,44 @@ def first_step_s(root: Path, run: Path, threads: int) -> float:
     return events.Scalars("train/loss_step")[0].wall_time - start
 
 
-def import_lightning_s() -> float:
-    start = time.time()
-    subprocess.run([sys.executable, "-c", "import lightning"], check=True)
-    return time.time() - start
+def command_s(args: list[str], status: int = 0) -> float:
+    """Wall seconds of `python <args>` in the checkout, which must exit with `status`."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != status:
+        raise RuntimeError(f"python {' '.join(args)} exited {result.returncode}:\n{result.stdout[-2000:]}"
+                           f"{result.stderr[-2000:]}")
+    return seconds
+
+
+def startup_commands(tmp: Path) -> dict[str, tuple[list[str], int]]:
+    """The commands whose start-up is measured against `python -c "import torch"`, and their exit status."""
+    return {
+        "import torch": (["-c", "import torch"], 0),
+        "import lightning": (["-c", "import lightning"], 0),
+        "train --help": (["-m", "task1.train", "--help"], 0),
+        "train config error": (["-m", "task1.train", "data.batch_size=0", f"hydra.run.dir={tmp / 'error'}"], 1),
+        "lr_schedule": (["-m", "task1.lr_schedule", "scheduler=cosine", "scheduler.interval=step",
+                         "trainer.max_epochs=5", f"hydra.run.dir={tmp / 'lr'}"], 0),
+    }
 
 
 def bench_startup(root: Path, tmp: Path, threads: int, repeats: int) -> dict:
-    """Median start-up of `python -m task1.train` and of `import lightning`, interleaved; and the difference."""
-    lightning_s, task1_s = [], []
+    """Median wall time of each command (interleaved, `repeats` rounds), its ratio to `import torch`, and the
+    start-up of training: `python -m task1.train` to its first step."""
+    commands = startup_commands(tmp)
+    seconds: dict[str, list[float]] = {name: [] for name in commands}
+    first_step = []
     for r in range(repeats):
-        lightning_s.append(import_lightning_s())
-        task1_s.append(first_step_s(root, tmp / f"startup{r}", threads))
-    out = {"import_lightning_s": statistics.median(lightning_s), "first_step_s": statistics.median(task1_s)}
-    return {**out, "overhead_s": out["first_step_s"] - out["import_lightning_s"]}
+        for name, (args, status) in commands.items():
+            seconds[name].append(command_s(args, status))
+        first_step.append(first_step_s(root, tmp / f"startup{r}", threads))
+    medians = {name: statistics.median(v) for name, v in seconds.items()}
+    medians["train to first step"] = statistics.median(first_step)
+    torch_s = medians["import torch"]
+    return {"seconds": medians, "ratio_to_import_torch": {k: v / torch_s for k, v in medians.items()},
+            "repeats": repeats}
 
 
 def report(result: dict) -> str:
@@ -253,8 +277,9 @@ def report(result: dict) -> str:
             fmt = "{:>9.2f}" if "/" in key else "{:>9.3f}"
             lines.append(f"{model:<8} {name:<12} " + " ".join(fmt.format(row[key][k]) for k in ("train_s", "epoch_s")))
     s = result["startup"]
-    lines.append(f"start-up: python -m task1.train to its first step {s['first_step_s']:.2f} s, "
-                 f"import lightning {s['import_lightning_s']:.2f} s, overhead {s['overhead_s']:.2f} s")
+    lines.append(f"start-up, median of {s['repeats']} (ratio to python -c 'import torch'):")
+    lines += [f"  {name:<22} {sec:>6.2f} s  {s['ratio_to_import_torch'][name]:>5.2f}"
+              for name, sec in s["seconds"].items()]
     return "\n".join(lines)
 
 
@@ -265,6 +290,7 @@ def main() -> None:
     parser.add_argument("--startup-repeats", type=int, default=3, help="start-up runs of each kind (default 3)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--tiny", action="store_true", help="a few batches of generated data, one timed epoch")
+    parser.add_argument("--startup-only", action="store_true", help="only the start-up section")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json", help="where to write JSON")
     args = parser.parse_args()
     epochs, repeats = (1, 1) if args.tiny else (args.epochs, args.startup_repeats)
@@ -272,7 +298,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, data = data_root(args.tiny, Path(tmp) / "data")
         result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1,
-                  "models": {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1) for m in args.models},
+                  "models": {} if args.startup_only else {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1)
+                                                           for m in args.models},
                   "startup": bench_startup(root, Path(tmp), args.threads, repeats)}
     print(report(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

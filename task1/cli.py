@@ -104,3 +104,31 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
         sys.exit(2)
     hydra_dir = saved_config_dir(argv[1])
     return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *argv[2:]])
+
+
+def train_help() -> str:
+    """`python -m task1.train --help`: the config groups and their options, read from conf/ (Hydra's own help
+    composes every option of every group, about a second)."""
+    import yaml
+
+    text = (CONF / "config.yaml").read_text()
+    defaults = {}
+    for entry in yaml.safe_load(text)["defaults"]:
+        if isinstance(entry, dict):
+            (group, option), = entry.items()
+            defaults[group.removeprefix("optional ").removeprefix("override /")] = option
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    lines = ["usage: python -m task1.train [group=option ...] [key=value ...]     (or: task1-train ...)",
+             "       python -m task1.train -m key=a,b ...                         a sweep: one job per combination",
+             "       python -m task1.train --cfg job [overrides]                  print the config a run would use",
+             "       python -m task1.train resume=<run folder>                    go on with a stopped run",
+             "       python -m task1.train --hydra-help                           Hydra's own flags",
+             "", "Config groups (conf/<group>/<option>.yaml; * the default):"]
+    for group in groups:
+        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        shown = [f"{o}*" if o == defaults.get(group) else o for o in options]
+        lines.append(f"  {group + ':':<16}{', '.join(shown)}")
+    fields = text[text.index("\n\n") + 2:] if "\n\n" in text else ""
+    lines += ["", "Fields (conf/config.yaml; a group's fields: group.field=value):", *
+              (f"  {line}" for line in fields.strip().splitlines())]
+    return "\n".join(lines)

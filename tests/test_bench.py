@@ -27,9 +27,13 @@ def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
         for a, b in (("C", "B"), ("L", "B"), ("A", "C")):
             assert row[f"{a}/{b}"]["epoch_s"] == pytest.approx(row[a]["epoch_s"] / row[b]["epoch_s"])
     startup = bench["startup"]
-    assert startup["first_step_s"] > 0 and startup["import_lightning_s"] > 0
-    assert startup["overhead_s"] == pytest.approx(startup["first_step_s"] - startup["import_lightning_s"])
-    assert all(name in result.stdout for name in ("C/B", "L/B", "L bare fit", "start-up"))
+    names = {"import torch", "import lightning", "train --help", "train config error", "lr_schedule",
+             "train to first step"}
+    assert set(startup["seconds"]) == set(startup["ratio_to_import_torch"]) == names
+    for name, seconds in startup["seconds"].items():
+        assert seconds > 0
+        assert startup["ratio_to_import_torch"][name] == pytest.approx(seconds / startup["seconds"]["import torch"])
+    assert all(name in result.stdout for name in ("C/B", "L/B", "L bare fit", "start-up", "train --help"))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

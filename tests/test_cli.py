@@ -59,6 +59,12 @@ def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
     assert not lightning, f"{' '.join(command)} imported Lightning"
     if case in ("help", "cfg", "bad value"):
         assert not torch, f"{' '.join(command)} imported torch"
+    if case == "help":  # every group of conf/ with its options, the default marked
+        for group in ("data", "model", "optimizer", "scheduler", "trainer", "logger", "experiment"):
+            options = sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+            assert any(line.split()[0] == f"{group}:" and all(o in line for o in options)
+                       for line in result.stdout.splitlines() if line.strip()), group
+        assert "softmax*" in result.stdout and "fashion_mnist*" in result.stdout
     if case == "trainer key typo":  # read from Lightning's source, not by importing it
         assert "trainer.max_epoch is not a field of trainer" in result.stdout
         assert "did you mean trainer.max_epochs?" in result.stdout

@@ -11,9 +11,12 @@ Lightning's fit loop, per training batch (lightning/pytorch/loops/training_epoch
 - `limit_train_batches` cuts every epoch short: an int is a number of batches, a float a fraction.
 """
 
+import inspect
 import math
 from collections.abc import Iterator
 from functools import partial
+
+import torch
 
 RUN_LENGTH_KEYS = ("T_max", "total_steps")  # scheduler arguments that null means "the whole run"
 
@@ -81,3 +84,24 @@ def lr_per_step(optimizer, scheduler, interval: str, frequency: int, batches_per
 def batches(examples: int, batch_size: int) -> int:
     """Training batches of an epoch: the last, smaller batch is trained on too."""
     return math.ceil(examples / batch_size)
+
+
+class HyperparametersOnly(torch.optim.Optimizer):
+    """An optimizer's hyperparameters without parameters, for previewing a schedule: what a scheduler reads and
+    writes (`param_groups`, `defaults`), and a `step` that changes nothing.
+
+    Building a real torch optimizer imports torch._dynamo (about 1.4 s, more than the whole preview) for its
+    `add_param_group`; with no gradients it would change nothing either.
+    """
+
+    def __init__(self, optimizer_fn):
+        cls = getattr(optimizer_fn, "func", optimizer_fn)
+        defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                    if p.default is not p.empty}
+        defaults.update(getattr(optimizer_fn, "keywords", {}))
+        self.defaults, self.state = defaults, {}
+        self.param_groups = [{"params": [], **defaults}]
+        self._optimizer_step_pre_hooks, self._optimizer_step_post_hooks = {}, {}
+
+    def step(self, closure=None) -> None:
+        return None

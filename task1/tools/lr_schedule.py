@@ -1,6 +1,6 @@
 """The learning rate at every optimizer step of a configured run, before the run: `python -m task1.lr_schedule ...`.
 
-It builds the run's real net, optimizer and scheduler and steps them as Lightning's fit loop does
+It builds the run's real scheduler on the optimizer's hyperparameters and steps it as Lightning's fit loop does
 (`task1.optim.schedule`, the same rule the training uses), without data, a Trainer or Lightning. Prints the
 schedule, and saves `lr_schedule.png` (epoch boundaries dotted) and `lr_schedule.csv` (step, epoch, lr) in the
 output folder.
@@ -71,7 +71,7 @@ def lr_schedule(cfg: DictConfig) -> list[float]:
     batches = schedule.limited_batches(schedule.batches(n, cfg.data.batch_size), trainer.get("limit_train_batches"))
     spec = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
     interval, frequency = spec.pop("interval", "epoch"), spec.pop("frequency", 1)
-    optimizer = instantiate(cfg.optimizer)(instantiate(cfg.model.net).parameters())
+    optimizer = schedule.HyperparametersOnly(instantiate(cfg.optimizer))
     scheduler = None
     if spec:
         length = lambda: schedule.scheduler_steps(interval, frequency, batches, epochs, accumulate, max_steps)  # noqa: E731
