@@ -4,7 +4,6 @@ This entry point imports neither torch nor Lightning: `--help`, `--cfg job` and 
 within a second or two; the training core is imported once the config has passed its checks.
 """
 
-import logging
 import sys
 import time
 
@@ -13,9 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from task1 import Task1Error, cli
-
-log = logging.getLogger("task1")
+from task1 import cli
 
 
 def train(cfg: DictConfig) -> dict:
@@ -29,21 +26,19 @@ def train(cfg: DictConfig) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
+@cli.exit_on_error
 def run(cfg: DictConfig) -> float | None:
     """One job: a run, or one job of a multirun (where a failure is recorded and the sweep goes on)."""
     start = time.perf_counter()
     try:
         metrics = train(cfg)
     except Exception as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
-            from task1.core.runs import record_failure
-
-            lightning_rank = getattr(sys.modules.get("lightning.pytorch.utilities"), "rank_zero_only", None)
-            return record_failure(cfg, e, time.perf_counter() - start, getattr(lightning_rank, "rank", 0))
-        if not isinstance(e, Task1Error):
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
-        log.error("%s", e)
-        sys.exit(1)
+        from task1.core.runs import record_failure  # one failed job must not end the sweep
+
+        lightning_rank = getattr(sys.modules.get("lightning.pytorch.utilities"), "rank_zero_only", None)
+        return record_failure(cfg, e, time.perf_counter() - start, getattr(lightning_rank, "rank", 0))
     metric = cfg.get("optimized_metric")
     return metrics["final"].get(metric) if metric else None
 

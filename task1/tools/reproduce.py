@@ -30,6 +30,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from task1 import Task1Error
+from task1.cli import exit_on_error
 from task1.io import natural_key, write_atomic, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,9 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     experiments = available() if args.experiments == "all" else args.experiments.split(",")
     unknown = sorted(set(experiments) - set(available()))
     if unknown:
-        print(f"error: no experiment {', '.join(unknown)} in {EXPERIMENTS}: choose from {', '.join(available())}",
-              file=sys.stderr)
-        return 2
+        raise Task1Error(f"no experiment {', '.join(unknown)} in {EXPERIMENTS}: choose from {', '.join(available())}.")
     seeds = args.seeds
     if args.no_run and not args.out:
         parser.error("--no-run needs --out, the folder of an earlier reproduction")
@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if passed and status == 0 else 1
 
 
+@exit_on_error
 def cli() -> None:
     """The console script: main()'s status as the exit status."""
     sys.exit(main())
