@@ -18,9 +18,8 @@ class EpochSums:
     """One split's running sums over an epoch: the per-example losses, the correct predictions, the examples.
 
     Cheap per step and free of host syncs. A step adds its loss into one tensor in place and keeps its detached
-    logits; the correct predictions are counted for `count_every` steps' logits at once, and when read. Counting
-    and stacking them step by step took about ten small torch calls (58-70 us a step on the CPU, against 13 us
-    this way). The losses are added in step order, so a run resumed mid-epoch sums exactly as an uninterrupted one;
+    logits; the correct predictions are counted for `count_every` steps' logits at once, and when read (counting
+    them step by step took about ten small torch calls a step: docs/performance.md). The losses are added in step order, so a run resumed mid-epoch sums exactly as an uninterrupted one;
     counts are integers, exact in any grouping.
     """
 
@@ -121,7 +120,7 @@ class System(QuietHooks, L.LightningModule):
         loss = self._step(batch, "train")
         every = self.trainer.log_every_n_steps
         if self.loggers and every and self.global_step % every == 0:
-            # straight to the loggers: Lightning's self.log costs ~0.6 ms a call, every step
+            # straight to the loggers: Lightning's self.log costs more than a softmax step
             # the per-example mean, as train/loss is, also when the summed loss drives the update
             per_example = loss.item() / (len(batch[1]) if self.loss_reduction == "sum" else 1)
             step_metrics = {"train/loss_step": per_example, "train/lr_step": self._lr()}
