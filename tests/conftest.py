@@ -65,10 +65,11 @@ def real_root() -> Path:
     return REAL_DATA
 
 
-def compose_cfg(*overrides: str):
-    """The config `python -m task1.train <overrides>` would run, composed by Hydra itself."""
+def compose_cfg(*overrides: str, config_name: str = "config"):
+    """The config `python -m task1.train <overrides>` would run (conf/<config_name>.yaml: task1.show's, ...),
+    composed by Hydra itself."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 @pytest.fixture
