@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli, write_idx
+from conftest import ROOT, compose_cfg, make_fashion_mnist, no_traceback, run_cli, write_idx
 from hydra.errors import ConfigCompositionException
 
 from task1 import Task1Error
@@ -16,13 +16,6 @@ from task1.core.checkpoints import AtomicCheckpointIO
 from task1.core.runs import check_run_folder
 from task1.io import write_json
 from task1.train import train
-
-
-def no_traceback(result) -> str:
-    out = result.stdout + result.stderr
-    assert result.returncode == 1 and "Traceback" not in out, out[-3000:]
-    return out
-
 
 # -- config -------------------------------------------------------------------------------------------------------
 
