@@ -71,6 +71,8 @@ def test_a_target_whose_module_fails_to_import_names_the_cause(make_cfg, tmp_pat
     (["model=mlp", "+model.num_hidden=512"], "model.num_hidden is not a field of model: did you mean "
                                              "model.num_hiddens?"),
     (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: expected a number > 0"),
+    (["optimizer._target_=missing_extra_xyz.Adam"], "cannot be imported (ModuleNotFoundError: No module named "
+                                                    "'missing_extra_xyz')"),  # said once, not also by Hydra
 ])
 def test_config_mistakes_on_the_command_line_end_in_one_line(tmp_path, args, message):
     out = no_traceback(run_cli(*args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}"))

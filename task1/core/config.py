@@ -171,12 +171,12 @@ def static_params(target: str) -> set[str] | None:
     raise LookupError(target)
 
 
-def _quietly(lookup, target: str):
-    """`lookup(target)` without Hydra logging the failure in lines of its own: the Task1Error says it once."""
+def _lookup(target: str) -> Any:
+    """hydra.utils.get_object, without Hydra also logging a failure in lines of its own: the Task1Error says it."""
     hydra_log = logging.getLogger("hydra.utils")
     disabled, hydra_log.disabled = hydra_log.disabled, True
     try:
-        return lookup(target)
+        return get_object(target)
     finally:
         hydra_log.disabled = disabled
 
@@ -188,7 +188,7 @@ def _params(target: str) -> set[str] | None:
             return static_params(target)
         except LookupError:
             pass
-    params = inspect.signature(_quietly(get_object, target)).parameters.values()
+    params = inspect.signature(_lookup(target)).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
@@ -196,10 +196,11 @@ def _params(target: str) -> set[str] | None:
 
 def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
     """The mistake of a key nothing reads, with the closest of the keys something does read."""
-    close = difflib.get_close_matches(key.rpartition(".")[2], names, n=1)
-    hint = f"did you mean {key.rpartition('.')[0] + '.' if '.' in key else ''}{close[0]}? " if close else ""
     if not names:
         return Task1Error(f"{key} is not a field of {where}, which has none here: nothing would read it.")
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     return Task1Error(f"{key} is not a field of {where}: {hint}Its fields are {', '.join(sorted(names))}.")
 
 
