@@ -10,3 +10,9 @@ __version__ = "0.1.0"
 
 class Task1Error(Exception):
     """An error the user can fix (bad config, missing data, diverged run): printed as one short message."""
+
+
+def error_line(error: BaseException) -> str:
+    """An exception as one line: its type and its whole message (a traceback's last line, without the newlines)."""
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

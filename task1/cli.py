@@ -9,6 +9,7 @@ import functools
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import OmegaConf
 
@@ -16,6 +17,14 @@ from task1 import Task1Error
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
+
+
+def fail(error: Task1Error) -> NoReturn:
+    """Log `error` as its message alone and exit with status 1."""
+    if not logging.getLogger().handlers:  # before Hydra or argparse set up logging
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("task1").error("%s", error)
+    sys.exit(1)
 
 
 def exit_on_error(entry):
@@ -26,10 +35,7 @@ def exit_on_error(entry):
         try:
             return entry(*args, **kwargs)
         except Task1Error as e:
-            if not logging.getLogger().handlers:  # before Hydra or argparse set up logging
-                logging.basicConfig(level=logging.INFO, format="%(message)s")
-            logging.getLogger("task1").error("%s", e)
-            sys.exit(1)
+            fail(e)
 
     return wrapper
 
@@ -72,7 +78,15 @@ def _run_dirs(args: list[str]) -> list[str]:
     dirs = {"hydra.run.dir": hydra["run"]["dir"], "hydra.sweep.dir": hydra["sweep"]["dir"],
             "hydra.sweep.subdir": hydra["sweep"]["subdir"]}
     given = {a.split("=", 1)[0] for a in args}
-    return [f"{k}={v}" for k, v in dirs.items() if k not in given]
+    return [f"{k}={v}" for k, v in dirs.items() if k not in given] + _callbacks(args)
+
+
+def _callbacks(args: list[str]) -> list[str]:
+    """conf/hydra/default.yaml's callbacks (the run folder's check, the sweep report), for a saved config."""
+    hydra = OmegaConf.to_container(OmegaConf.load(CONF / "hydra" / "default.yaml"), resolve=False)
+    given = {a.split("=", 1)[0].lstrip("+") for a in args}
+    keys = {f"hydra.callbacks.{name}.{k}": v for name, cb in hydra["callbacks"].items() for k, v in cb.items()}
+    return [f"+{k}={'null' if v is None else v}" for k, v in keys.items() if k not in given]
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -89,7 +103,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     hydra_dir = saved_config_dir(run, how="resume=")
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
     return [argv[0], *_saved_run(hydra_dir, rest), f"resume={run}", f"hydra.run.dir={run}",
-            "hydra.output_subdir=null"]
+            "hydra.output_subdir=null", *_callbacks(rest)]
 
 
 def train_argv(argv: list[str]) -> list[str]:

@@ -65,10 +65,11 @@ def real_root() -> Path:
     return REAL_DATA
 
 
-def compose_cfg(*overrides: str):
-    """The config `python -m task1.train <overrides>` would run, composed by Hydra itself."""
+def compose_cfg(*overrides: str, config_name: str = "config"):
+    """The config `python -m task1.train <overrides>` would run (conf/<config_name>.yaml: task1.show's, ...),
+    composed by Hydra itself."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 @pytest.fixture
@@ -91,6 +92,13 @@ def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None =
     cmd = [sys.executable, *args] if args and args[0] == "-m" else [sys.executable, "-m", "task1.train", *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def no_traceback(result) -> str:
+    """The output of a command that must have failed with exit status 1 and no traceback."""
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in out, out[-3000:]
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -7,10 +7,11 @@ from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, Trainer
 
 from task1.core.build import build_system
+from task1.core.config import validate
 from task1.data.module import DataModule
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in
-          ("data", "model", "optimizer", "scheduler", "trainer", "logger")}
+          ("data", "model", "optimizer", "scheduler", "trainer", "logger", "experiment")}
 
 
 def test_the_groups_offer_what_the_readme_promises():
@@ -66,3 +67,15 @@ def test_every_logger_instantiates(logger, tmp_path):
         assert not cfg.logger
     else:
         assert str(tmp_path) in instantiate(cfg.logger).log_dir
+
+
+@pytest.mark.parametrize(("config_name", "overrides"), [
+    *(("config", [f"{group}={option}"]) for group, options in GROUPS.items() for option in options),
+    ("config", ["model=mlp", "model.impl=scratch"]),
+    ("config", ["hparams_search=optuna"]),
+    ("show", []),
+    ("lr_schedule", []),
+])
+def test_every_config_passes_the_checks(config_name, overrides):
+    # every key of every shipped config is read by something: the check for keys nothing reads refuses none
+    validate(compose_cfg(*overrides, "output_dir=/tmp/unused", config_name=config_name))

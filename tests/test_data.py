@@ -1,5 +1,6 @@
 """Fashion-MNIST through the real torchvision reader on generated IDX files; the in-memory loader; data errors."""
 
+import re
 import shutil
 
 import numpy as np
@@ -145,8 +146,13 @@ def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
     """download=true with an unreachable mirror: torchvision's real download code fails, the user gets one line."""
     dm = FashionMNIST(root=str(tmp_path), download=True)
     monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [f"file://{tmp_path}/no-mirror/"])
-    with pytest.raises(Task1Error, match=r"Downloading Fashion-MNIST failed.*expected the four files"):
+    with pytest.raises(Task1Error, match=r"Downloading Fashion-MNIST failed.*expected the four files") as e:
         dm.prepare()
+    # what the mirror answered is kept, on the one line, and the cause stays chained for a traceback
+    assert "\n" not in str(e.value) and f"Tried file://{tmp_path}/no-mirror/, got:" in str(e.value)
+    assert re.search(r"\(RuntimeError: Error downloading train-images-idx3-ubyte.gz: .*No such file or directory",
+                     str(e.value))
+    assert isinstance(e.value.__cause__, RuntimeError)
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli, write_idx
+from conftest import ROOT, compose_cfg, make_fashion_mnist, no_traceback, run_cli, write_idx
 from hydra.errors import ConfigCompositionException
 
 from task1 import Task1Error
@@ -16,13 +16,6 @@ from task1.core.checkpoints import AtomicCheckpointIO
 from task1.core.runs import check_run_folder
 from task1.io import write_json
 from task1.train import train
-
-
-def no_traceback(result) -> str:
-    out = result.stdout + result.stderr
-    assert result.returncode == 1 and "Traceback" not in out, out[-3000:]
-    return out
-
 
 # -- config -------------------------------------------------------------------------------------------------------
 
@@ -41,11 +34,51 @@ def no_traceback(result) -> str:
     (["+optimizer.lrr=0.1"], r"optimizer.lrr is not a field of optimizer \(torch.optim.SGD\): did you mean "
                              r"optimizer.lr\?"),
     (["+trainer.max_epoch=3"], "did you mean trainer.max_epochs"),
+    # keys of nodes that name no class: what task1 reads, or another value interpolates
+    (["model=mlp", "+model.num_hidden=512"], r"model.num_hidden is not a field of model: did you mean "
+                                             r"model.num_hiddens\?"),
+    (["model=softmax", "+model.num_hiddens=512"], "model.num_hiddens is not a field of model: "),  # mlp's only
+    (["+figures.enable=false"], r"figures.enable is not a field of figures: did you mean figures.enabled\?"),
+    (["+seeed=1"], r"seeed is not a field of the config: did you mean seed\?"),
+    (["scheduler=none", "+scheduler.step_size=2"], "scheduler.step_size is not a field of scheduler, which has none"),
+    # numbers that are no setting
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: expected a number > 0"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan is not allowed: expected a number > 0"),
+    (["optimizer.weight_decay=nan"], "optimizer.weight_decay=nan is not allowed: expected a number >= 0"),
+    (["model=linear", "data.noise=inf"], "data.noise=inf is not allowed: expected a number >= 0"),
+    (["optimizer=adam", "optimizer.eps=-inf"], "optimizer.eps=-inf is not allowed: expected a number > 0"),
+    # a target that cannot be imported says why
+    (["optimizer._target_=missing_extra_xyz.Adam"], r"optimizer._target_='missing_extra_xyz.Adam' cannot be "
+                                                    r"imported \(ModuleNotFoundError: No module named "
+                                                    r"'missing_extra_xyz'\)"),
 ])
 def test_config_mistakes_are_refused_before_anything_is_built(make_cfg, tmp_path, overrides, message):
     with pytest.raises(Task1Error, match=message):
         train(make_cfg(*overrides))
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_a_target_whose_module_fails_to_import_names_the_cause(make_cfg, tmp_path, monkeypatch):
+    (tmp_path / "half_installed_extra.py").write_text("raise RuntimeError('needs libfoo 2, found 1')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(Task1Error, match=r"optimizer._target_='half_installed_extra.Adam' cannot be imported "
+                                         r"\(RuntimeError: needs libfoo 2, found 1\)") as e:
+        train(make_cfg("optimizer._target_=half_installed_extra.Adam"))
+    assert isinstance(e.value.__cause__, ImportError)  # Hydra's, which chains the module's own error
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["model=mlp", "+model.num_hidden=512"], "model.num_hidden is not a field of model: did you mean "
+                                             "model.num_hiddens?"),
+    (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: expected a number > 0"),
+    (["optimizer._target_=missing_extra_xyz.Adam"], "cannot be imported (ModuleNotFoundError: No module named "
+                                                    "'missing_extra_xyz')"),  # said once, not also by Hydra
+])
+def test_config_mistakes_on_the_command_line_end_in_one_line(tmp_path, args, message):
+    out = no_traceback(run_cli(*args, "trainer=cpu", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert message in out
+    assert [line for line in out.splitlines() if line.strip()] == [line for line in out.splitlines()
+                                                                    if message in line]
 
 
 def test_a_value_that_is_python_code_is_refused_and_never_runs(tmp_path):

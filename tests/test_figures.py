@@ -94,6 +94,8 @@ def test_show_filters_classes_and_names_a_bad_one(fake_root, tmp_path):
     assert path == tmp_path / "test.png" and png_size(path) == (1300, 165 * rows + 5)
     with pytest.raises(Task1Error, match=r"'jacket' is not a class.*ankle boot"):
         show(show_cfg(tmp_path, f"data.root={fake_root}", "show.classes=[jacket]"))
+    with pytest.raises(Task1Error, match=r"show.colls is not a field of show: did you mean show.ncols\?"):
+        show(show_cfg(tmp_path, f"data.root={fake_root}", "+show.colls=3"))
 
 
 def test_show_plots_synthetic_data_against_each_feature(tmp_path):

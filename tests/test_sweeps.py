@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 import yaml
-from conftest import CONF, compose_cfg, run_cli
+from conftest import CONF, ROOT, compose_cfg, make_fashion_mnist, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -219,6 +219,17 @@ def test_ranks_see_disjoint_shards_that_cover_the_split():
             assert len(shards[0]) == len(shards[1]) == 5
         else:  # evaluation: every example exactly once
             assert seen[0] | seen[1] == set(range(11))
+
+
+@pytest.mark.slow
+def test_unseeded_ddp_ranks_shuffle_alike_so_their_shards_split_the_epoch(tmp_path):
+    # seed=null: each process draws its own shuffle seed; only the first one's may be used, or the shards overlap
+    root = make_fashion_mnist(tmp_path / "data", n_train=64, n_test=16)
+    result = run_cli("-m", "ddp_seen_examples", str(root), str(tmp_path), env={"PYTHONPATH": str(ROOT / "tests")})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert len(seen[0]) == len(seen[1]) == 32
+    assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(64))
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Short real fits through train(cfg) and the command line, on generated Fashion-MNIST files."""
 
 import json
+import math
 
 import pytest
 import yaml
@@ -95,6 +96,18 @@ def test_tensorboard_events_hold_metrics_lr_and_hparams(make_cfg, tmp_path):
     # the HParams tab's metric columns are these scalars (each run writes its session only: see task1.sweep)
     assert {"hparams/test/acc", "hparams/val/acc", "hparams/train/loss"} <= set(scalars)
     assert scalars["hparams/test/acc"] == pytest.approx([metrics["final"]["test/acc"]])
+
+
+def test_loss_step_is_the_per_example_mean_also_when_the_sum_is_minimised(make_cfg, tmp_path):
+    steps = {}
+    # lr / batch size on the summed loss is the mean's update: both runs take the same steps
+    for reduction, lr in (("mean", 0.1), ("sum", 0.1 / 64)):
+        train(make_cfg(f"output_dir={tmp_path / reduction}", f"model.loss_reduction={reduction}",
+                       f"optimizer.lr={lr}", "seed=0", "logger=tensorboard", "trainer.log_every_n_steps=1",
+                       "figures.enabled=false"))
+        steps[reduction] = _event_scalars_and_hparams(tmp_path / reduction / "tensorboard")[0]["train/loss_step"]
+    assert len(steps["sum"]) == 10 and steps["sum"] == pytest.approx(steps["mean"], rel=1e-4)  # not 64 times
+    assert steps["sum"][0] == pytest.approx(math.log(10), rel=0.01)  # softmax over 10 classes, weights near 0
 
 
 def test_multirun_sweeps_jobs_into_their_own_folders(fake_root, tmp_path):

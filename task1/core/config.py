@@ -2,14 +2,17 @@
 
 Hydra already refuses a key that is not in the config (`optimizer.lrr=0.1`) and an unknown group option
 (`model=foo`). What it lets through, `validate` catches: wrong types, values out of range, combinations that
-cannot work, and keys added with `+` that the class a node names does not take.
+cannot work, and keys added with `+` that nothing reads: not an argument of the class a node names, nor a key
+task1 reads or another value interpolates (`+model.num_hidden=512` would otherwise train the default width).
 """
 
 import ast
 import difflib
 import importlib.util
 import inspect
+import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, error_line
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,19 @@ FIELDS: dict[str, Spec] = {
 }
 # keys a node holds for task1 itself, beside the arguments of the class it names
 OWN_KEYS = {"scheduler": {"interval", "frequency"}}
+# what task1 reads from the nodes that name no class ("": the top level); a node missing here (scheduler=none)
+# has nothing read. Keys another value interpolates (`${model.num_hiddens}` in model.net) count as read too.
+READS: dict[str, set[str]] = {
+    "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "seed", "threads", "output_dir",
+         "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric",
+         "show", "lr_schedule", "reported"},  # the last three: task1.show, task1.lr_schedule, task1.reproduce
+    "model": {"net", "loss", "task", "loss_reduction"},
+    "figures": {"enabled", "every_n_epochs"},
+    "show": {"split", "count", "ncols", "classes"},
+    "lr_schedule": {"train_examples"},
+    "reported": {"source", "kind", "train_acc", "test_acc", "loss", "loss_examples", "w", "b",
+                 "train_loss_below", "train_acc_above", "test_acc_above"},
+}
 
 
 def _show(value: Any) -> str:
@@ -155,6 +171,16 @@ def static_params(target: str) -> set[str] | None:
     raise LookupError(target)
 
 
+def _lookup(target: str) -> Any:
+    """hydra.utils.get_object, without Hydra also logging a failure in lines of its own: the Task1Error says it."""
+    hydra_log = logging.getLogger("hydra.utils")
+    disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_object(target)
+    finally:
+        hydra_log.disabled = disabled
+
+
 def _params(target: str) -> set[str] | None:
     """Parameter names of what `target` names; None when it takes any keyword (**kwargs)."""
     if target.split(".")[0] == "lightning" and "lightning" not in sys.modules:
@@ -162,10 +188,20 @@ def _params(target: str) -> set[str] | None:
             return static_params(target)
         except LookupError:
             pass
-    params = inspect.signature(get_object(target)).parameters.values()
+    params = inspect.signature(_lookup(target)).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
+
+
+def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
+    """The mistake of a key nothing reads, with the closest of the keys something does read."""
+    if not names:
+        return Task1Error(f"{key} is not a field of {where}, which has none here: nothing would read it.")
+    parent, _, name = key.rpartition(".")
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    return Task1Error(f"{key} is not a field of {where}: {hint}Its fields are {', '.join(sorted(names))}.")
 
 
 def _check_keys(path: str, node: DictConfig) -> None:
@@ -173,19 +209,55 @@ def _check_keys(path: str, node: DictConfig) -> None:
     try:
         params = _params(node._target_)
     except Exception as e:
-        cause = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({type(e).__name__}: {cause}): "
-                         f"name a class or function of task1, torch or lightning, and check that what it needs "
-                         f"is installed.") from None
+        cause = e
+        while cause.__cause__ is not None:  # Hydra wraps what went wrong (a missing extra, a bug in the module)
+            cause = cause.__cause__
+        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({error_line(cause)}): name a "
+                         f"class or function of task1, torch or lightning, and check that what it needs is "
+                         f"installed.") from e
     if params is None:
         return
     names = params | OWN_KEYS.get(path, set())
     for key in node:
         if not str(key).startswith("_") and key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"did you mean {path}.{close[0]}? " if close else ""
-            raise Task1Error(f"{path}.{key} is not a field of {path} ({node._target_}): {hint}Its fields are "
-                             f"{', '.join(sorted(names))}.")
+            raise _unknown(f"{path}.{key}", f"{path} ({node._target_})", names)
+
+
+def _interpolated(tree: Any, found: set[str] | None = None) -> set[str]:
+    """Every key path another value interpolates, e.g. `model.num_hiddens` from `${model.num_hiddens}`."""
+    found = set() if found is None else found
+    if isinstance(tree, dict):
+        for value in tree.values():
+            _interpolated(value, found)
+    elif isinstance(tree, list):
+        for value in tree:
+            _interpolated(value, found)
+    elif isinstance(tree, str):
+        found.update(re.findall(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}", tree))
+    return found
+
+
+def _check_tree(cfg: DictConfig) -> None:
+    """No key that nothing reads: nodes naming a class take its arguments, the others what task1 reads."""
+    tree = OmegaConf.to_container(cfg, resolve=False)  # unresolved: ${hydra:...} needs a running Hydra app
+    used = _interpolated(tree)
+    targets = []
+
+    def walk(path: str, node: dict) -> None:
+        if "_target_" in node:
+            targets.append(path)
+            return
+        prefix = f"{path}." if path else ""
+        names = READS.get(path, set()) | {u[len(prefix):].split(".")[0] for u in used if u.startswith(prefix)}
+        for key, value in node.items():
+            if key not in names:
+                raise _unknown(prefix + str(key), path or "the config", names)
+            if isinstance(value, dict):
+                walk(prefix + str(key), value)
+
+    walk("", tree)
+    for path in targets:  # after the plain keys: looking a class up can take an import
+        _check_keys(path, OmegaConf.select(cfg, path))
 
 
 def _train_size(data: DictConfig) -> int | None:
@@ -203,10 +275,7 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, path, default="<absent>")
         if value != "<absent>" and not spec.check(value):
             _fail(path, value, spec.describe())
-    for path in ("data", "optimizer", "scheduler", "trainer", "logger", "model.net", "model.loss"):
-        node = OmegaConf.select(cfg, path)
-        if isinstance(node, DictConfig) and "_target_" in node:
-            _check_keys(path, node)
+    _check_tree(cfg)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
         _fail("optimizer.nesterov", True, f"false, or optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "

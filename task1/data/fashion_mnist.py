@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from task1 import Task1Error
+from task1 import Task1Error, error_line
 from task1.data.loader import InMemoryData
 from task1.io import atomic_open
 
@@ -63,9 +63,8 @@ def prepare_files(root: str | os.PathLike, download: bool) -> Path:
         raise Task1Error(_missing_message(raw))
     try:
         datasets.FashionMNIST(str(root), train=True, download=True)
-    except Exception as e:  # offline, proxy, mirror down: all end the same way for the user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise Task1Error(f"Downloading Fashion-MNIST failed ({first}). {_missing_message(raw)}") from None
+    except Exception as e:  # offline, proxy, mirror down: one message, with what each mirror answered
+        raise Task1Error(f"Downloading Fashion-MNIST failed ({error_line(e)}). {_missing_message(raw)}") from e
     return raw
 
 

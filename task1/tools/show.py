@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
 from task1 import Task1Error, cli, plots
+from task1.core.config import validate
 
 log = logging.getLogger("task1")
 
@@ -34,6 +35,7 @@ def class_indices(classes: list, names: tuple[str, ...]) -> list[int]:
 
 def show(cfg: DictConfig) -> Path:
     """Draw `cfg.show.count` examples of one split of `cfg.data`; return the PNG's path."""
+    validate(cfg)  # a typo in show.* (or data.*) would otherwise be shown the defaults without a word
     opts, out = cfg.show, Path(cfg.output_dir)
     data = instantiate(cfg.data)  # the data set alone: no Lightning
     data.setup()
