@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from task1 import Task1Error, cli
+from task1.sweeps import folders  # registers the resolver that names sweep job folders (see there)
 
 log = logging.getLogger("task1")
 
@@ -32,10 +33,12 @@ def train(cfg: DictConfig) -> dict:
 def run(cfg: DictConfig) -> float | None:
     """One job: a run, or one job of a multirun (where a failure is recorded and the sweep goes on)."""
     start = time.perf_counter()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg)
+        # a sweep started again: a job that ended is reused, an interrupted one resumes
+        metrics = (folders.continue_job(cfg) if multirun else None) or train(cfg)
     except Exception as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # one failed job must not end the sweep
+        if multirun:  # one failed job must not end the sweep
             from task1.core.runs import record_failure
 
             lightning_rank = getattr(sys.modules.get("lightning.pytorch.utilities"), "rank_zero_only", None)
