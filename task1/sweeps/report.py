@@ -29,9 +29,11 @@ SPLITS = ("train", "val", "test")
 
 
 def read_jobs(sweep: Path) -> list[dict]:
-    """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order; a folder below
-    the sweep's is named by its relative path (task1.reproduce's `<experiment>/seed_<seed>`)."""
-    folders = [p.parent.parent for p in sweep.glob("**/.hydra/overrides.yaml")]
+    """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order. Below a folder
+    where Hydra recorded the sweep (multirun.yaml), job folders at any depth, named by their relative path
+    (task1.reproduce's `<experiment>/seed_<seed>`); elsewhere the folder's own subfolders only."""
+    pattern = "**/.hydra/overrides.yaml" if (sweep / "multirun.yaml").is_file() else "*/.hydra/overrides.yaml"
+    folders = [p.parent.parent for p in sweep.glob(pattern)]
     folders.sort(key=lambda p: [natural_key(part) for part in p.relative_to(sweep).parts])
     jobs = []
     for folder in folders:
