@@ -192,3 +192,25 @@ def test_killed_sweep_goes_on_where_it_stopped(args, uninterrupted, tmp_path, la
     assert json.loads((jobs["0.02"] / "metrics.json").read_text())["status"] == "completed"
     rows = (sweep / "summary.csv").read_text().splitlines()[1:]
     assert len(rows) == 5 and all(r.split(",")[1] == "completed" for r in rows)  # the report covers all jobs
+
+
+@pytest.mark.slow
+def test_ddp_job_of_a_killed_sweep_resumes_on_both_ranks(args, tmp_path):
+    # Lightning starts rank 1 by running the job's command again: it must resume too, not refuse the folder
+    sweep = tmp_path / "sweep"
+    command = [*args, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "optimizer.lr=0.1",
+               f"hydra.sweep.dir={sweep}"]
+    last = sweep / "0" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "task1.train", "--multirun", *command], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    while proc.poll() is None and not last.exists():
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step % 63, f"not killed mid-epoch (step {step})"  # each rank has half of the 125 batches
+
+    multirun(*command)
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    for log in ("train.log", "train_ddp_process_1.log"):
+        assert f"resuming from {last} (epoch 1, step {step})" in (sweep / "0" / log).read_text()
