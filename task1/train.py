@@ -31,7 +31,8 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
 def run(cfg: DictConfig) -> float | None:
-    """One job: a run, or one job of a multirun (where a failure is recorded and the sweep goes on)."""
+    """One job: a run, or one job of a multirun (which takes up what an earlier start of the sweep left in its
+    folder; a failure is recorded and the sweep goes on)."""
     start = time.perf_counter()
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:

@@ -134,7 +134,7 @@ def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: l
     import matplotlib.pyplot as plt
 
     done = [j for j in jobs if isinstance(j["final"].get(metric), float)]
-    means = [g for g in groups or [] if g["stats"][metric]["mean"] is not None]
+    means = [g for g in groups or [] if g["stats"].get(metric, {}).get("mean") is not None]
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.4), squeeze=False)
     for ax, p in zip(axes[0], params, strict=True):
         pairs = [(j["overrides"].get(p, ""), j["final"][metric]) for j in done]
