@@ -90,7 +90,8 @@ def _callbacks(args: list[str]) -> list[str]:
 
 
 def resume_argv(argv: list[str]) -> list[str]:
-    """`resume=<run folder>` -> the run's saved config, then the other arguments, writing into that folder.
+    """`resume=<run folder>` -> the run's saved config, then the other arguments, writing into that folder
+    (`resume=<sweep folder>`: see `resume_sweep_argv`).
 
     Hydra then composes the very config the run started with, whatever `conf/` holds today, and keeps `.hydra/`
     of the first start as it is (`hydra.output_subdir=null`); the log goes on in its train.log. Which of the
@@ -100,10 +101,34 @@ def resume_argv(argv: list[str]) -> list[str]:
     if not given:
         return argv
     run = Path(given[-1].split("=", 1)[1]).resolve()
-    hydra_dir = saved_config_dir(run, how="resume=")
     rest = [a for a in argv[1:] if not a.startswith("resume=")]
+    if (run / "multirun.yaml").is_file():
+        return resume_sweep_argv(argv[0], run, rest)
+    hydra_dir = saved_config_dir(run, how="resume=")
     return [argv[0], *_saved_run(hydra_dir, rest), f"resume={run}", f"hydra.run.dir={run}",
             "hydra.output_subdir=null", *_callbacks(rest)]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
+    """`resume=<sweep folder>`: the sweep's own command again (its multirun.yaml), in that folder.
+
+    The other arguments replace the sweep's overrides of the same keys (`optimizer.lr=0.1,0.3,1` adds a value to
+    a swept list); jobs are matched to their folders by their overrides (task1/sweeps/folders.py), so what
+    ended is reused and what was interrupted resumes.
+    """
+    saved = OmegaConf.load(sweep / "multirun.yaml").hydra
+    rest = [a for a in rest if a not in ("-m", "--multirun")]
+    given = {_key(a) for a in rest if "=" in a} | {"hydra.mode", "hydra.sweep.dir"}
+    main = [s.path for s in saved.runtime.config_sources if s.provider == "main" and s.schema == "file"]
+    config = []
+    if main and (Path(main[0]) != CONF or saved.job.config_name != "config"):  # e.g. a rerun's saved config
+        config = ["--config-path", main[0], "--config-name", saved.job.config_name]
+    kept = [o for o in [*saved.overrides.hydra, *saved.overrides.task] if _key(o) not in given]
+    return [argv0, "--multirun", *config, *kept, *rest, f"hydra.sweep.dir={sweep}"]
 
 
 def train_argv(argv: list[str]) -> list[str]:

@@ -101,8 +101,12 @@ def confusion_figure(confusion: torch.Tensor, names: Sequence[str], title: str =
     return fig
 
 
-def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
-    """Loss, accuracy (classification) and learning rate per epoch; train solid, val dashed; one colour per run."""
+def learning_curves(runs: dict[str, Sequence[dict]], bands: dict[str, Sequence[dict]] | None = None) -> Figure:
+    """Loss, accuracy (classification) and learning rate per epoch; train solid, val dashed; one colour per run.
+
+    `bands`: for some runs (each the mean of a group of runs), the standard deviation per epoch and key, drawn
+    as a shaded band around the curve.
+    """
     histories = [h for h in runs.values() if h]
     has_acc = any("train/acc" in r or "val/acc" in r for h in histories for r in h)
     panels = ["loss", "acc", "lr"] if has_acc else ["loss", "lr"]
@@ -116,11 +120,15 @@ def learning_curves(runs: dict[str, Sequence[dict]]) -> Figure:
         for panel, ax in axes.items():
             keys = ["train/lr"] if panel == "lr" else [f"train/{panel}", f"val/{panel}"]
             for key in keys:
-                points = [(e, r[key]) for e, r in zip(epochs, history, strict=True) if key in r]
-                if points:
-                    ax.plot(*zip(*points, strict=True), color=color, marker=".",
-                            linestyle="--" if key.startswith("val/") else "-",
-                            label=name if key == keys[0] and panel == panels[0] else None)
+                rows = [i for i, r in enumerate(history) if key in r]
+                if not rows:
+                    continue
+                xs, ys = [epochs[i] for i in rows], [history[i][key] for i in rows]
+                ax.plot(xs, ys, color=color, marker=".", linestyle="--" if key.startswith("val/") else "-",
+                        label=name if key == keys[0] and panel == panels[0] else None)
+                if name in (bands or {}):
+                    std = [bands[name][i].get(key, 0.0) for i in rows]
+                    ax.fill_between(xs, np.subtract(ys, std), np.add(ys, std), color=color, alpha=0.2, linewidth=0)
     titles = {"loss": "loss (train -, val --)", "acc": "accuracy (train -, val --)", "lr": "learning rate"}
     for panel, ax in axes.items():
         ax.set_title(titles[panel], fontsize=9)

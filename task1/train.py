@@ -13,6 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from task1 import cli
+from task1.sweeps import folders  # registers the resolver that names sweep job folders (see there)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -28,12 +29,15 @@ def train(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
 @cli.exit_on_error
 def run(cfg: DictConfig) -> float | None:
-    """One job: a run, or one job of a multirun (where a failure is recorded and the sweep goes on)."""
+    """One job: a run, or one job of a multirun (which takes up what an earlier start of the sweep left in its
+    folder; a failure is recorded and the sweep goes on)."""
     start = time.perf_counter()
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg)
+        # a sweep started again: a job that ended is reused, an interrupted one resumes
+        metrics = (folders.continue_job(cfg) if multirun else None) or train(cfg)
     except Exception as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not multirun:
             raise
         from task1.core.runs import record_failure  # one failed job must not end the sweep
 

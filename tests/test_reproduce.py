@@ -104,6 +104,9 @@ def test_reproduce_3_2_passes_and_writes_the_table(tmp_path, capsys):
         run = tmp_path / "runs" / "d2l_3_2_linear_scratch" / f"seed_{seed}"
         assert f"seed={seed}" in (run / ".hydra" / "overrides.yaml").read_text()
         assert json.loads((run / "metrics.json").read_text())["seed"] == seed
+    # the sweep report reads those nested job folders, and takes the seeds of the experiment together
+    seeds_report = (tmp_path / "runs" / "summary_seeds.csv").read_text().splitlines()
+    assert len(seeds_report) == 2 and seeds_report[1].startswith("0 1 2,")
     # a run that never finished fails its experiment, however good the others are
     (run / "metrics.json").unlink()
     assert reproduce(["--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path), "--no-run"]) == 1

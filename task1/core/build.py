@@ -142,7 +142,7 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
-        prepare_ddp_relaunch(out)
+        prepare_ddp_relaunch(out, cfg.get("resume"))
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
     return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                        default_root_dir=str(out), deterministic=cfg.seed is not None, **profiler)

@@ -16,7 +16,7 @@ _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE
 _env_before_ddp: dict[str, str | None] | None = None
 
 
-def prepare_ddp_relaunch(output_dir: Path) -> None:
+def prepare_ddp_relaunch(output_dir: Path, resume: str | None = None) -> None:
     """Make Lightning's DDP launcher start the other ranks as this one job writing into `output_dir`.
 
     Lightning re-runs `python -m task1.train <this process's argv> hydra.run.dir=<hydra.run.dir>`. Inside a
@@ -45,7 +45,7 @@ def prepare_ddp_relaunch(output_dir: Path) -> None:
                          "submitit_local worker is not. On SLURM, use hydra/launcher=slurm with tasks_per_node set "
                          "to trainer.devices.")
     _env_before_ddp = {k: os.environ.get(k) for k in _DDP_ENV}
-    if hc.mode == RunMode.MULTIRUN:
-        sys.argv = [sys.argv[0], *hc.overrides.task]
+    if hc.mode == RunMode.MULTIRUN:  # a job of a sweep started again may resume: its ranks too
+        sys.argv = [sys.argv[0], *hc.overrides.task, *([f"++resume={resume}"] if resume else [])]
     with read_write(hc):
         hc.run.dir = str(output_dir)

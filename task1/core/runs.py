@@ -81,6 +81,17 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
+def config_changes(cfg: DictConfig, saved: dict, may_change: tuple[str, ...] = RESUME_MAY_CHANGE) -> str:
+    """The keys (but those of `may_change`) where `cfg`, resolved, differs from a run's `saved` config, each
+    with both values ("" when none differ)."""
+    now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+    allowed = lambda key: any(key == p or key.startswith(p + ".") for p in may_change)  # noqa: E731
+    differ = [k for k in sorted(set(now) | set(then)) if now.get(k, "<absent>") != then.get(k, "<absent>")
+              and not allowed(k)]
+    return "; ".join(f"{k}: {_show(then.get(k, '<absent>'))} in the run, {_show(now.get(k, '<absent>'))} now"
+                     for k in differ)
+
+
 def check_resume(cfg: DictConfig, checkpoint: dict) -> None:
     """Refuse overrides beside `resume=` that would change the run's trajectory, naming each with both values.
 
@@ -90,12 +101,8 @@ def check_resume(cfg: DictConfig, checkpoint: dict) -> None:
     if not isinstance(saved, dict):
         return  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
     now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
-    may_change = lambda key: any(key == p or key.startswith(p + ".") for p in RESUME_MAY_CHANGE)  # noqa: E731
-    differ = [k for k in sorted(set(now) | set(then)) if now.get(k, "<absent>") != then.get(k, "<absent>")
-              and not may_change(k)]
-    if differ:
-        shown = "; ".join(f"{k}: {_show(then.get(k, '<absent>'))} in the run, {_show(now.get(k, '<absent>'))} "
-                          f"now" for k in differ)
+    shown = config_changes(cfg, saved)
+    if shown:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
                          f"{shown}. Drop those overrides, or start a new run (python -m task1.rerun "
                          f"{cfg.resume} ...).")

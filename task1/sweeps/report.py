@@ -1,7 +1,9 @@
 """Sweep report: `python -m task1.summarize <sweep folder>`, and the Hydra callback that runs it after every multirun.
 
 One row per job (its overrides, final metrics, wall time, status, and the first line of the error of a failed
-job) in `summary.csv` and `summary.md`, and `summary.png`: the chosen metric against each swept parameter.
+job) in `summary.csv` and `summary.md`, and `summary.png`: the chosen metric against each swept parameter. When
+several seeds were swept, jobs that differ only in `seed` are also taken together (`summary_seeds.csv`, a second
+table in `summary.md`, and the plot shows their means with standard-deviation error bars).
 """
 
 import argparse
@@ -20,22 +22,27 @@ from omegaconf import DictConfig
 from task1 import Task1Error
 from task1.cli import exit_on_error
 from task1.io import natural_key, write_atomic
+from task1.sweeps import seeds
 
 log = logging.getLogger("task1")
 SPLITS = ("train", "val", "test")
 
 
 def read_jobs(sweep: Path) -> list[dict]:
-    """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order."""
-    folders = [p.parent.parent for p in sweep.glob("*/.hydra/overrides.yaml")]
-    folders.sort(key=lambda p: natural_key(p.name))
+    """One dict per job folder of a sweep (a folder holding .hydra/overrides.yaml), in job order. Below a folder
+    where Hydra recorded the sweep (multirun.yaml), job folders at any depth, named by their relative path
+    (task1.reproduce's `<experiment>/seed_<seed>`); elsewhere the folder's own subfolders only."""
+    pattern = "**/.hydra/overrides.yaml" if (sweep / "multirun.yaml").is_file() else "*/.hydra/overrides.yaml"
+    folders = [p.parent.parent for p in sweep.glob(pattern)]
+    folders.sort(key=lambda p: [natural_key(part) for part in p.relative_to(sweep).parts])
     jobs = []
     for folder in folders:
+        name = folder.relative_to(sweep).as_posix()
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         # no metrics.json: the job was killed (or is still running) before it could write one
-        jobs.append({"job": folder.name, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+        jobs.append({"job": name, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
                      "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
                      "wall_time_s": metrics.get("wall_time_s"), "error": metrics.get("error", "").split("\n")[0]})
     return jobs
@@ -88,7 +95,8 @@ def _cell(v: Any) -> str:
 
 
 def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None) -> str:
-    """The report as Markdown: counts, the overrides every job shares, the best job, the table, the plot."""
+    """The report as Markdown: counts, the overrides every job shares, the best job, the table, the plot, and
+    the table over seeds when several were swept."""
     header, rows = _rows(jobs, params, metric_names(jobs))
     keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "failed", "incomplete")}
@@ -104,6 +112,9 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
     if metric and params:
         lines += ["", f"![{metric} against each swept parameter](summary.png)"]
+    if seeds.seeds_swept(jobs):
+        grouped = [p for p in params if p != seeds.SEED]
+        lines += seeds.markdown(seeds.seed_groups(jobs, metric_names(jobs)), grouped, metric_names(jobs), metric)
     return "\n".join(lines) + "\n"
 
 
@@ -114,34 +125,44 @@ def _as_float(v: str) -> float | None:
         return None
 
 
-def plot(jobs: list[dict], params: list[str], metric: str, path: Path) -> None:
-    """`metric` of every completed job against each swept parameter, one panel each; written atomically."""
+def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: list[dict] | None = None) -> None:
+    """`metric` of every completed job against each swept parameter, one panel each; with seed `groups`, also
+    each group's mean with its standard deviation as an error bar. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")  # a report, also on a machine without a display
     import matplotlib.pyplot as plt
 
     done = [j for j in jobs if isinstance(j["final"].get(metric), float)]
+    means = [g for g in groups or [] if g["stats"].get(metric, {}).get("mean") is not None]
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.4), squeeze=False)
     for ax, p in zip(axes[0], params, strict=True):
         pairs = [(j["overrides"].get(p, ""), j["final"][metric]) for j in done]
         xs = [_as_float(x) for x, _ in pairs]
-        if pairs and all(x is not None for x in xs):  # a numeric parameter: on its own scale
-            ax.scatter(xs, [y for _, y in pairs])
+        numeric = pairs and all(x is not None for x in xs)
+        labels = sorted({x for x, _ in pairs})
+        where = _as_float if numeric else labels.index  # a numeric parameter on its scale, a choice per column
+        ax.scatter([where(x) for x, _ in pairs], [y for _, y in pairs], alpha=0.35 if means else None,
+                   label="one job" if means else None)
+        if means:
+            stats = [g["stats"][metric] for g in means]
+            ax.errorbar([where(g["overrides"].get(p, "")) for g in means], [s["mean"] for s in stats],
+                        yerr=[s["std"] or 0.0 for s in stats], fmt="o", color="C1", capsize=4,
+                        label="mean ± std over seeds")
+            ax.legend(fontsize=7)
+        if numeric:
             if min(xs) > 0 and max(xs) / min(xs) >= 10:  # learning rates, weight decays: log-spaced
                 ax.set_xscale("log")
             if len(set(xs)) <= 8:  # a grid: tick exactly the values tried
                 ax.minorticks_off()
                 ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
-        else:  # a choice (model=softmax,mlp): one column per value
-            labels = sorted({x for x, _ in pairs})
-            ax.scatter([labels.index(x) for x, _ in pairs], [y for _, y in pairs])
+        else:
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
             ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.set_xlabel(p)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{metric}: {len(done)} of {len(jobs)} jobs")
+    fig.suptitle(f"{metric}: {len(done)} of {len(jobs)} jobs" + (f", {len(means)} groups of seeds" if means else ""))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -149,21 +170,32 @@ def plot(jobs: list[dict], params: list[str], metric: str, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
+def _write_csv(path: Path, rows: list[list[Any]]) -> None:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    write_atomic(path, buf.getvalue())
+
+
 def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]:
-    """Write summary.csv, summary.md and (when something was swept) summary.png into `sweep`; return the jobs."""
+    """Write summary.csv, summary.md, (when something was swept) summary.png and (when seeds were)
+    summary_seeds.csv into `sweep`; return the jobs."""
     sweep = Path(sweep)
     jobs = read_jobs(sweep)
     if not jobs:
         raise Task1Error(f"{sweep} holds no job folders (<job>/.hydra/overrides.yaml): pass the folder of a "
                          f"multirun, e.g. outputs/multiruns/<date>_<time>")
-    params, metric = swept_params(jobs), pick_metric(jobs, metric)
-    header, rows = _rows(jobs, params, metric_names(jobs))
-    buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
-    write_atomic(sweep / "summary.csv", buf.getvalue())
+    params, metric, names = swept_params(jobs), pick_metric(jobs, metric), metric_names(jobs)
+    header, rows = _rows(jobs, params, names)
+    _write_csv(sweep / "summary.csv", [header, *rows])
     write_atomic(sweep / "summary.md", markdown(sweep, jobs, params, metric))
+    groups, panels = None, params
+    if seeds.seeds_swept(jobs):
+        others = [p for p in params if p != seeds.SEED]
+        groups = seeds.seed_groups(jobs, names)
+        _write_csv(sweep / "summary_seeds.csv", seeds.csv_rows(groups, others, names))
+        panels, groups = (others, groups) if others else (params, None)  # only seeds swept: against the seed
     if metric and params:
-        plot(jobs, params, metric, sweep / "summary.png")
+        plot(jobs, panels, metric, sweep / "summary.png", groups)
     best = best_job(jobs, metric) if metric else None
     failed = sum(j["status"] != "completed" for j in jobs)
     log.info("sweep report: %s (%d jobs, %d not completed%s)", sweep / "summary.md", len(jobs), failed,

@@ -1,11 +1,13 @@
 """Overlay the learning curves of several runs: `python -m task1.curves <folder> [<folder> ...] [--out curves.png]`.
 
 Every `metrics.json` under the folders counts as one run (a sweep folder holds one per job), labelled with its
-command-line overrides when Hydra saved them, else with its folder.
+command-line overrides when Hydra saved them, else with its folder. `--group-seeds` draws runs that differ only in
+`seed` as one curve, their mean, in a band of one standard deviation.
 """
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import yaml
@@ -53,9 +55,40 @@ def shorten(runs: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return dict(zip(short, runs.values(), strict=True))
 
 
-def overlay(folders: list[Path], out: Path) -> Path:
-    """Save the overlaid learning curves of every run under `folders` as `out`; return it."""
-    return plots.save(plots.learning_curves(find_runs(folders)), out)
+def group_seeds(labels: list[str]) -> dict[str, list[str]]:
+    """The labels of runs that differ only in `seed=`, together, under their label without it."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(" ".join(w for w in label.split(" ") if not w.startswith("seed=")), []).append(label)
+    return groups
+
+
+def mean_history(histories: list[list[dict]]) -> tuple[list[dict], list[dict]]:
+    """Per epoch and metric, the mean and the sample standard deviation over the runs that reached that epoch."""
+    mean, std = [], []
+    for i in range(max(map(len, histories))):
+        rows = [h[i] for h in histories if i < len(h)]
+        keys = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, int | float) and k != "epoch")
+        values = {k: [r[k] for r in rows if k in r] for k in keys}
+        mean.append({"epoch": rows[0].get("epoch", i), **{k: statistics.fmean(v) for k, v in values.items()}})
+        std.append({k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()})
+    return mean, std
+
+
+def overlay(folders: list[Path], out: Path, group: bool = False) -> Path:
+    """Save the overlaid learning curves of every run under `folders` as `out` (with `group`, one mean curve
+    and band per group of seeds); return it."""
+    runs = find_runs(folders)
+    if not group:
+        return plots.save(plots.learning_curves(runs), out)
+    curves, bands = {}, {}
+    for name, labels in group_seeds(list(runs)).items():
+        if len(labels) == 1:  # nothing to average
+            curves[labels[0]] = runs[labels[0]]
+            continue
+        name = f"{name} (mean of {len(labels)} seeds)" if name else f"mean of {len(labels)} seeds"
+        curves[name], bands[name] = mean_history([runs[label] for label in labels])
+    return plots.save(plots.learning_curves(curves, bands), out)
 
 
 @exit_on_error
@@ -63,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m task1.curves", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
     parser.add_argument("--out", type=Path, help="the PNG to write (default: <first folder>/curves.png)")
+    parser.add_argument("--group-seeds", action="store_true",
+                        help="runs that differ only in seed: their mean curve, in a band of one standard deviation")
     args = parser.parse_args(argv)
-    path = overlay(args.folders, args.out or args.folders[0] / "curves.png")
+    path = overlay(args.folders, args.out or args.folders[0] / "curves.png", args.group_seeds)
     print(path)
 
 
