@@ -46,30 +46,32 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
-def check_resume(cfg: DictConfig, checkpoint: dict) -> None:
-    """Refuse overrides beside `resume=` that would change the run's trajectory, naming each with both values.
+def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
+    """Refuse overrides beside `resume=` that would change the run's trajectory, naming each with both values;
+    return the changes allowed (`key: saved -> new`), for the run's log.
 
     The run's own config is the one its checkpoint holds (resolved when it started).
     """
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(saved, dict):
-        return  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
+        return []  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
     now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
-    may_change = lambda key: any(key == p or key.startswith(p + ".") for p in RESUME_MAY_CHANGE)  # noqa: E731
-    differ = [k for k in sorted(set(now) | set(then)) if now.get(k, "<absent>") != then.get(k, "<absent>")
-              and not may_change(k)]
+    changed = [k for k in sorted(set(now) | set(then)) if now.get(k, "<absent>") != then.get(k, "<absent>")
+               and k != "resume"]
+    both = {k: (_show(then.get(k, "<absent>")), _show(now.get(k, "<absent>"))) for k in changed}
+    differ = [k for k in changed if not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_CHANGE)]
     if differ:
-        shown = "; ".join(f"{k}: {_show(then.get(k, '<absent>'))} in the run, {_show(now.get(k, '<absent>'))} "
-                          f"now" for k in differ)
+        shown = "; ".join(f"{k}: {both[k][0]} in the run, {both[k][1]} now" for k in differ)
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
                          f"{shown}. Drop those overrides, or start a new run (python -m task1.rerun "
                          f"{cfg.resume} ...).")
-    if "trainer.max_epochs" in now and now["trainer.max_epochs"] != then.get("trainer.max_epochs"):
+    if "trainer.max_epochs" in changed:
         length = [k for k in ("scheduler.T_max", "scheduler.total_steps") if k in then and then[k] is None]
         if length:
             raise Task1Error(f"resume={cfg.resume}: trainer.max_epochs cannot change ({then.get('trainer.max_epochs')}"
                              f" -> {now['trainer.max_epochs']}): the run's {length[0]} was set from it, so the "
                              f"schedule would not be the one it started on. Start a new run instead.")
+    return [f"{k}: {a} -> {b}" for k, (a, b) in both.items()]
 
 
 def _show(value) -> str:
