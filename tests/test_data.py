@@ -125,7 +125,7 @@ def test_synthetic_data_follows_the_linear_model():
 # --- errors, through the command line as a user meets them -------------------------------------------------------
 
 def _fails(root, *extra):
-    result = run_cli(f"data.root={root}", "data.download=false", "trainer=cpu", "trainer.max_epochs=1",
+    result = run_cli(f"paths.data_dir={root}", "data.download=false", "trainer=cpu", "trainer.max_epochs=1",
                      "logger=none", "hydra.run.dir=" + str(root / "run"), *extra)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
@@ -138,7 +138,7 @@ def test_missing_folder_names_the_folder_the_files_and_the_fix(tmp_path):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz"):
         assert name in out
-    assert "data.root" in out and "data.download=true" in out
+    assert "paths.data_dir=<folder> (or TASK1_DATA_DIR)" in out and "data.download=true" in out
 
 
 def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
