@@ -1,5 +1,7 @@
 """Fashion-MNIST through the real torchvision reader on generated IDX files; the in-memory loader; data errors."""
 
+import gzip
+import multiprocessing
 import shutil
 
 import numpy as np
@@ -10,6 +12,7 @@ from torchvision import datasets
 
 from task1 import Task1Error
 from task1.data import LABELS, FashionMNIST, SyntheticRegression, TensorLoader, synthetic_data, text_labels
+from task1.data.fashion_mnist import prepare_files
 
 
 def loaded(root, **kwargs) -> FashionMNIST:
@@ -65,6 +68,34 @@ def test_real_gz_files_are_verified_unzipped_and_loaded(real_root, tmp_path):
     (raw / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(Task1Error, match=r"t10k-labels-idx1-ubyte\.gz is corrupt or truncated"):
         loaded(tmp_path)
+
+
+def _prepare_at_once(barrier, root) -> None:
+    barrier.wait()
+    prepare_files(root, download=False)
+
+
+def test_processes_that_unzip_one_fresh_folder_at_once_all_get_whole_files(real_root, tmp_path):
+    # parallel jobs on a folder holding the .gz files only (as scripts/setup.sh leaves it), released together
+    # so that their unzips overlap for sure (a sweep's jobs start seconds apart, and mostly miss each other)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
+    if len(gz) < 4:
+        pytest.skip("the real files are unzipped only")
+    for path in gz:
+        shutil.copy(path, raw)
+    ctx = multiprocessing.get_context("fork")  # the children need no imports of their own
+    barrier = ctx.Barrier(4)
+    jobs = [ctx.Process(target=_prepare_at_once, args=(barrier, tmp_path)) for _ in range(4)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0, 0, 0]
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*(p.name for p in gz), *(p.stem for p in gz)])
+    for path in gz:  # every unzipped file whole, no temporary file left
+        assert (raw / path.stem).read_bytes() == gzip.decompress(path.read_bytes())
 
 
 def test_real_data_set(real_root):
