@@ -3,6 +3,7 @@
     python -m task1.reproduce                                   # every conf/experiment/*.yaml, seeds 0,1,2
     python -m task1.reproduce --experiments d2l_3_2_linear_scratch,d2l_3_9_mlp_scratch --seeds 0,1,2,3,4
     python -m task1.reproduce trainer=gpu                       # key=value overrides go to every run
+    python -m task1.reproduce paths.data_dir=/datasets          # the data elsewhere (or TASK1_DATA_DIR=/datasets)
 
 The seeds are swept by Hydra's multirun (`python -m task1.train -m experiment=... seed=...`), one run folder per
 experiment and seed under `<out>/runs/<experiment>/seed_<seed>/` (`<out>`: `<paths.output_dir>/reproduce/<date>`).
