@@ -1,6 +1,6 @@
 """Per-epoch time of task1's training path against a hand-written loop and the textbook pipeline.
 
-    python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny]
+    python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny] [paths.data_dir=...]
 
 For softmax regression and the MLP it times, in one process and interleaved (A, B, L, C, A, B, L, C, ...) so
 that machine noise hits all of them alike, all on the CPU (also where a GPU is present):
@@ -17,7 +17,8 @@ validation, logging, checkpoints; for A and B: training and test accuracy; L has
 Figures are medians over the epochs after the first (warm-up) one. Start-up is measured on subprocesses, interleaved,
 as ratios to `python -c "import torch"`: `task1.train --help`, a config error, `task1.lr_schedule`, `import
 lightning`, and `python -m task1.train` to its first training step (the wall time of its first TensorBoard event).
-Uses the real Fashion-MNIST in data/ when present, else generated data of the same shape.
+Uses the real Fashion-MNIST in paths.data_dir (data/, or TASK1_DATA_DIR) when present, else generated data of the
+same shape; writes <paths.output_dir>/bench.json unless --out says otherwise.
 """
 
 import argparse
@@ -44,6 +45,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
+from task1.cli import paths  # noqa: E402
 from task1.core.build import build  # noqa: E402
 from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
 from task1.io import write_json  # noqa: E402
@@ -51,9 +53,9 @@ from task1.io import write_json  # noqa: E402
 MODELS = ("softmax", "mlp")
 
 
-def data_root(tiny: bool, tmp: Path) -> tuple[Path, str]:
+def data_root(tiny: bool, tmp: Path, data_dir: str) -> tuple[Path, str]:
     """The real data set's root, or one holding generated IDX files of the same shape; and which it is."""
-    real = ROOT / "data"
+    real = ROOT / data_dir  # relative to the checkout, where the runs start
     raw = real / "FashionMNIST" / "raw"
     if not tiny and all((raw / n).exists() or (raw / f"{n}.gz").exists() for n in FILES):
         prepare_files(real, download=False)
@@ -183,7 +185,7 @@ def median_after_warmup(times: list[float], warmup: int) -> float:
 
 def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int) -> dict:
     """A, B, L and C for one model, interleaved epoch by epoch; median times and the ratios."""
-    cfg = compose_cfg(f"model={model}", f"data.root={root}", f"threads={threads}", "trainer=cpu",
+    cfg = compose_cfg(f"model={model}", f"paths.data_dir={root}", f"threads={threads}", "trainer=cpu",
                       f"trainer.max_epochs={warmup + epochs}", f"output_dir={tmp / model}")
     bs, eval_bs, lr = cfg.data.batch_size, cfg.data.eval_batch_size, cfg.optimizer.lr
     to_tensor = transforms.ToTensor()
@@ -216,7 +218,7 @@ def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, wa
 def first_step_s(root: Path, run: Path, threads: int) -> float:
     """Seconds from starting `python -m task1.train` to its first training step (its first TensorBoard event)."""
     start = time.time()
-    result = subprocess.run([sys.executable, "-m", "task1.train", f"data.root={root}", f"threads={threads}",
+    result = subprocess.run([sys.executable, "-m", "task1.train", f"paths.data_dir={root}", f"threads={threads}",
                              "trainer.max_epochs=1", f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True,
                             text=True)
     if result.returncode != 0:
@@ -291,20 +293,25 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--tiny", action="store_true", help="a few batches of generated data, one timed epoch")
     parser.add_argument("--startup-only", action="store_true", help="only the start-up section")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench.json", help="where to write JSON")
+    parser.add_argument("--out", type=Path, help="where to write JSON (<paths.output_dir>/bench.json)")
+    parser.add_argument("paths", nargs="*", metavar="paths.KEY=VALUE", help="paths.data_dir=..., paths.output_dir=...")
     args = parser.parse_args()
+    if any(not p.startswith("paths.") for p in args.paths):
+        parser.error(f"only paths.data_dir=... and paths.output_dir=... are taken, not {' '.join(args.paths)}")
+    where = paths(args.paths)
+    out = args.out or ROOT / where["output_dir"] / "bench.json"
     epochs, repeats = (1, 1) if args.tiny else (args.epochs, args.startup_repeats)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        root, data = data_root(args.tiny, Path(tmp) / "data")
+        root, data = data_root(args.tiny, Path(tmp) / "data", where["data_dir"])
         result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1,
                   "models": {} if args.startup_only else {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1)
                                                            for m in args.models},
                   "startup": bench_startup(root, Path(tmp), args.threads, repeats)}
     print(report(result))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json(args.out, result)
-    print(f"written to {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    print(f"written to {out}")
 
 
 if __name__ == "__main__":

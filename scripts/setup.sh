@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up: a virtual environment in .venv with task1 and its dependencies, and the Fashion-MNIST
-# files in data/FashionMNIST/raw when a local copy exists. Quick when nothing changed.
+# files in <data folder>/FashionMNIST/raw when a local copy exists (the data folder: $TASK1_DATA_DIR, else data,
+# as paths.data_dir has it). Quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ fi
 
 # Fashion-MNIST: copy a local copy of the four files if one is beside the checkout (TASK1_DATA_SRC to choose
 # another folder); otherwise `data.download=true` (the default) fetches them on the first run.
-raw=data/FashionMNIST/raw
+raw=${TASK1_DATA_DIR:-data}/FashionMNIST/raw
 src=${TASK1_DATA_SRC:-../shared/data/fashion-mnist}
 if [ -d "$src" ]; then
   mkdir -p "$raw"

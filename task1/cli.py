@@ -6,6 +6,7 @@ today's `conf/`, so they train exactly what the run trained.
 """
 
 import functools
+import json
 import logging
 import sys
 from pathlib import Path
@@ -50,9 +51,56 @@ def saved_config_dir(run: str | Path, how: str = "") -> Path:
     return hydra_dir
 
 
+def paths(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """conf/paths/default.yaml resolved (the environment read), with the `paths.*` among `overrides` applied: for
+    the tools that compose no config."""
+    given = [o.lstrip("+") for o in overrides if _key(o).startswith("paths.")]
+    node = OmegaConf.merge({"paths": OmegaConf.load(CONF / "paths" / "default.yaml")}, OmegaConf.from_dotlist(given))
+    return OmegaConf.to_container(node, resolve=True)["paths"]
+
+
 def _saved_run(hydra_dir: Path, rest: list[str]) -> list[str]:
     """Arguments that make Hydra compose the run's saved config, then `rest`."""
     return ["--config-path", str(hydra_dir), "--config-name", "config", *rest]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: value}."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items()
+            for k, v in _leaves(value, f"{prefix}.{key}" if prefix else key).items()}
+
+
+def _conf_overrides(name: str, prefix: str, given: set[str]) -> list[str]:
+    """A file of conf/ as `++<prefix>.key=value` overrides, interpolations kept (`${now:}` resolves at the start),
+    less the keys `given` on the command line."""
+    leaves = _leaves(OmegaConf.to_container(OmegaConf.load(CONF / name), resolve=False), prefix)
+    return [f"++{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}" for k, v in leaves.items()
+            if k not in given]
+
+
+def _with_saved_defaults(hydra_dir: Path, args: list[str]) -> list[str]:
+    """`args`, plus what a saved config (it has no defaults list) lacks: conf/hydra/default.yaml's settings (run
+    and sweep folders, the sweep report callback), and for a run saved before `paths` existed, that node.
+
+    An older run's `paths.*` overrides become additions (`++`), and its `paths.data_dir=` points its data there
+    too (it recorded `data.root` alone). No key is given twice, so the overrides keep their place among `args`.
+    """
+    given = {_key(a) for a in args if "=" in a and not a.startswith("-")}
+    extra = _conf_overrides("hydra/default.yaml", "hydra", given)
+    saved = OmegaConf.load(hydra_dir / "config.yaml")
+    if "paths" in saved:
+        return [*args, *extra]
+    args = ["++" + a.lstrip("+") if _key(a).startswith("paths.") and not a.startswith(("-", "~")) else a for a in args]
+    extra += _conf_overrides("paths/default.yaml", "paths", given)
+    if "paths.data_dir" in given and "data.root" not in given and "root" in saved.get("data", {}):
+        extra.append("data.root=${paths.data_dir}")
+    return [*args, *extra]
 
 
 def rerun_argv(argv: list[str]) -> list[str]:
@@ -68,25 +116,8 @@ def rerun_argv(argv: list[str]) -> list[str]:
             path = Path(value or args[i + 1])
             if (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file():  # a saved run, not conf/
                 args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
-                return args + _run_dirs(args)
+                return _with_saved_defaults(path, args)
     return args
-
-
-def _run_dirs(args: list[str]) -> list[str]:
-    """conf/hydra/default.yaml's run and sweep folders, which the saved config (it has no defaults) lacks."""
-    hydra = OmegaConf.to_container(OmegaConf.load(CONF / "hydra" / "default.yaml"), resolve=False)  # keep ${now:}
-    dirs = {"hydra.run.dir": hydra["run"]["dir"], "hydra.sweep.dir": hydra["sweep"]["dir"],
-            "hydra.sweep.subdir": hydra["sweep"]["subdir"]}
-    given = {a.split("=", 1)[0] for a in args}
-    return [f"{k}={v}" for k, v in dirs.items() if k not in given] + _callbacks(args)
-
-
-def _callbacks(args: list[str]) -> list[str]:
-    """conf/hydra/default.yaml's callbacks (the run folder's check, the sweep report), for a saved config."""
-    hydra = OmegaConf.to_container(OmegaConf.load(CONF / "hydra" / "default.yaml"), resolve=False)
-    given = {a.split("=", 1)[0].lstrip("+") for a in args}
-    keys = {f"hydra.callbacks.{name}.{k}": v for name, cb in hydra["callbacks"].items() for k, v in cb.items()}
-    return [f"+{k}={'null' if v is None else v}" for k, v in keys.items() if k not in given]
 
 
 def resume_argv(argv: list[str]) -> list[str]:
@@ -105,12 +136,10 @@ def resume_argv(argv: list[str]) -> list[str]:
     if (run / "multirun.yaml").is_file():
         return resume_sweep_argv(argv[0], run, rest)
     hydra_dir = saved_config_dir(run, how="resume=")
-    return [argv[0], *_saved_run(hydra_dir, rest), f"resume={run}", f"hydra.run.dir={run}",
-            "hydra.output_subdir=null", *_callbacks(rest)]
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+    own = [f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
+    if rest[:4] == _saved_run(hydra_dir, []):  # Lightning's DDP relaunch: this process's arguments, rewritten
+        rest = [a for a in rest[4:] if a not in own]
+    return [argv[0], *_with_saved_defaults(hydra_dir, [*_saved_run(hydra_dir, rest), *own])]
 
 
 def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:

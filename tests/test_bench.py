@@ -14,9 +14,9 @@ from task1.models.system import EpochSums
 
 
 def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
-    out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny", "--out", str(out)],
-                            capture_output=True, text=True, timeout=900)
+    out = tmp_path / "bench.json"  # <paths.output_dir>/bench.json
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny",
+                             f"paths.output_dir={tmp_path}"], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads(out.read_text())
     assert bench["threads"] == 1 and bench["data"].startswith("generated")

@@ -51,7 +51,7 @@ def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
         "curves": (0, "task1.curves", str(a_sweep(tmp_path / "sweep2")), "--out", str(tmp_path / "c.png")),
         "reproduce --no-run": (1, "task1.reproduce", "--no-run", "--out", str(tmp_path), "--experiments",
                                "d2l_3_2_linear_scratch"),
-        "show": (0, "task1.show", f"data.root={fake_root}", f"hydra.run.dir={tmp_path}"),
+        "show": (0, "task1.show", f"paths.data_dir={fake_root}", f"paths.output_dir={tmp_path}"),
     }
     status, *command = commands[case]
     result, lightning, torch = probe(*command)
@@ -65,6 +65,8 @@ def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
             assert any(line.split()[0] == f"{group}:" and all(o in line for o in options)
                        for line in result.stdout.splitlines() if line.strip()), group
         assert "softmax*" in result.stdout and "fashion_mnist*" in result.stdout
+    if case == "show":  # the data from paths.data_dir, the picture in <paths.output_dir>/show/<date>_<time>/
+        assert len(list((tmp_path / "show").glob("*/train.png"))) == 1
     if case == "trainer key typo":  # read from Lightning's source, not by importing it
         assert "trainer.max_epoch is not a field of trainer" in result.stdout
         assert "did you mean trainer.max_epochs?" in result.stdout

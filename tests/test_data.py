@@ -1,5 +1,7 @@
 """Fashion-MNIST through the real torchvision reader on generated IDX files; the in-memory loader; data errors."""
 
+import gzip
+import multiprocessing
 import re
 import shutil
 
@@ -11,6 +13,7 @@ from torchvision import datasets
 
 from task1 import Task1Error
 from task1.data import LABELS, FashionMNIST, SyntheticRegression, TensorLoader, synthetic_data, text_labels
+from task1.data.fashion_mnist import prepare_files
 
 
 def loaded(root, **kwargs) -> FashionMNIST:
@@ -66,6 +69,34 @@ def test_real_gz_files_are_verified_unzipped_and_loaded(real_root, tmp_path):
     (raw / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(Task1Error, match=r"t10k-labels-idx1-ubyte\.gz is corrupt or truncated"):
         loaded(tmp_path)
+
+
+def _prepare_at_once(barrier, root) -> None:
+    barrier.wait()
+    prepare_files(root, download=False)
+
+
+def test_processes_that_unzip_one_fresh_folder_at_once_all_get_whole_files(real_root, tmp_path):
+    # parallel jobs on a folder holding the .gz files only (as scripts/setup.sh leaves it), released together
+    # so that their unzips overlap for sure (a sweep's jobs start seconds apart, and mostly miss each other)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
+    if len(gz) < 4:
+        pytest.skip("the real files are unzipped only")
+    for path in gz:
+        shutil.copy(path, raw)
+    ctx = multiprocessing.get_context("fork")  # the children need no imports of their own
+    barrier = ctx.Barrier(4)
+    jobs = [ctx.Process(target=_prepare_at_once, args=(barrier, tmp_path)) for _ in range(4)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(timeout=300)
+    assert [job.exitcode for job in jobs] == [0, 0, 0, 0]
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*(p.name for p in gz), *(p.stem for p in gz)])
+    for path in gz:  # every unzipped file whole, no temporary file left
+        assert (raw / path.stem).read_bytes() == gzip.decompress(path.read_bytes())
 
 
 def test_real_data_set(real_root):
@@ -126,7 +157,7 @@ def test_synthetic_data_follows_the_linear_model():
 # --- errors, through the command line as a user meets them -------------------------------------------------------
 
 def _fails(root, *extra):
-    result = run_cli(f"data.root={root}", "data.download=false", "trainer=cpu", "trainer.max_epochs=1",
+    result = run_cli(f"paths.data_dir={root}", "data.download=false", "trainer=cpu", "trainer.max_epochs=1",
                      "logger=none", "hydra.run.dir=" + str(root / "run"), *extra)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
@@ -139,7 +170,7 @@ def test_missing_folder_names_the_folder_the_files_and_the_fix(tmp_path):
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz"):
         assert name in out
-    assert "data.root" in out and "data.download=true" in out
+    assert "paths.data_dir=<folder> (or TASK1_DATA_DIR)" in out and "data.download=true" in out
 
 
 def test_download_failure_is_one_short_message(tmp_path, monkeypatch):

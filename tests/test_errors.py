@@ -4,6 +4,7 @@ import gzip
 import json
 import re
 import shutil
+import threading
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from task1 import Task1Error
 from task1.cli import resume_argv
 from task1.core.checkpoints import AtomicCheckpointIO
 from task1.core.runs import check_run_folder
-from task1.io import write_json
+from task1.io import atomic_open, write_json
 from task1.train import train
 
 # -- config -------------------------------------------------------------------------------------------------------
@@ -225,6 +226,35 @@ def test_json_and_checkpoints_are_written_atomically(tmp_path):
     with pytest.raises(Exception, match="pickle"):  # torch.save fails after writing part of the file
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": lambda: None}, ckpt)
     assert torch.load(ckpt, weights_only=True)["state_dict"]["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_two_writers_of_one_file_never_mix_or_truncate_it(tmp_path):
+    # two jobs unzipping the same Fashion-MNIST file at once, as threads: each writes in pieces, so the two
+    # interleave; a reader meanwhile must only ever find one writer's whole file
+    path = tmp_path / "train-images-idx3-ubyte"
+    contents = {w: bytes([w]) * (1 << 20) for w in (1, 2)}
+    start, seen, errors = threading.Barrier(3), [], []
+
+    def writer(w: int) -> None:
+        start.wait()
+        try:
+            for _ in range(20):
+                with atomic_open(path) as f:
+                    for i in range(0, 1 << 20, 1 << 15):
+                        f.write(contents[w][i:i + (1 << 15)])
+        except Exception as e:  # reported on the test's thread, below
+            errors.append(e)
+
+    writers = [threading.Thread(target=writer, args=(w,)) for w in contents]
+    for t in writers:
+        t.start()
+    start.wait()
+    while any(t.is_alive() for t in writers):
+        if path.exists():
+            seen.append(path.read_bytes() in contents.values())
+    assert not errors and seen and all(seen)
+    assert path.read_bytes() in contents.values()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
 
 
 def test_resume_of_a_folder_that_is_not_a_run_is_refused(tmp_path):

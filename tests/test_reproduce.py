@@ -3,10 +3,13 @@
 import copy
 import json
 import platform
+import re
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_cfg, run_cli
+import yaml
+from conftest import compose_cfg, make_fashion_mnist, run_cli
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -110,7 +113,50 @@ def test_reproduce_3_2_passes_and_writes_the_table(tmp_path, capsys):
     # a run that never finished fails its experiment, however good the others are
     (run / "metrics.json").unlink()
     assert reproduce(["--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path), "--no-run"]) == 1
-    assert "1 of 3 runs missing" in (tmp_path / "reproduce.md").read_text()
+    assert "**FAIL** (2 of 3 completed; seed 2: no metrics.json" in (tmp_path / "reproduce.md").read_text()
+
+
+def test_reproduce_judges_the_completed_seeds_and_names_the_others(tmp_path):
+    runs = tmp_path / "runs"
+
+    def run(name: str, seed: int, *extra: str) -> dict:  # where and as `task1.reproduce` runs it
+        return train(compose_cfg(f"experiment={name}", f"seed={seed}", f"output_dir={runs / name / f'seed_{seed}'}",
+                                 "trainer=cpu", "logger=none", *extra))
+
+    kept = run("d2l_3_2_linear_scratch", 0)
+    with pytest.raises(Task1Error, match="Training diverged"):  # a real divergence, as a too large lr makes it
+        run("d2l_3_2_linear_scratch", 1, "optimizer.lr=50")
+    assert json.loads((runs / "d2l_3_2_linear_scratch" / "seed_1" / "metrics.json").read_text())["final"] == {}
+    for seed in (0, 1):
+        run("d2l_3_3_linear_concise", seed)
+
+    status = reproduce(["--experiments", "d2l_3_2_linear_scratch,d2l_3_3_linear_concise", "--seeds", "0,1",
+                        "--out", str(tmp_path), "--no-run"])
+    assert status == 1
+    failed, other = json.loads((tmp_path / "reproduce.json").read_text())["experiments"]
+    assert not failed["passed"] and failed["completed"] == 1
+    assert [r["metric"] for r in failed["rows"]] == ["loss", "w[0]", "w[1]", "b"]  # judged on seed 0 alone
+    assert failed["rows"][0]["ours_final"]["values"] == [kept["final"]["val/loss"]]
+    assert other["completed"] == 2 and not other["not_completed"] and len(other["rows"]) == 4
+    table = (tmp_path / "reproduce.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| d2l_3_2_linear_scratch |"))
+    assert re.search(r"\*\*FAIL\*\* \(1 of 2 completed; seed 1: diverged at epoch \d+\) \|$", row), row
+    assert "| d2l_3_3_linear_concise | Dive-into-DL-PyTorch 3.3 | loss |" in table
+
+
+def test_reproduce_reads_the_data_and_writes_its_folder_where_paths_say(tmp_path):
+    data = make_fashion_mnist(tmp_path / "elsewhere")
+    status = reproduce(["--experiments", "d2l_3_2_linear_scratch,d2l_3_6_softmax_scratch", "--seeds", "0",
+                        f"paths.data_dir={data}", f"paths.output_dir={tmp_path / 'out'}", "trainer=cpu",
+                        "trainer.max_epochs=1", "logger=none"])
+    (report,) = (tmp_path / "out" / "reproduce").glob("*/reproduce.json")  # <paths.output_dir>/reproduce/<date>
+    report = json.loads(report.read_text())
+    assert report["sweep_exit_status"] == 0  # both runs trained: the verdict on fake data is the only failure
+    assert status == (0 if report["passed"] else 1)
+    assert [(e["experiment"], e["completed"]) for e in report["experiments"]] == [
+        ("d2l_3_2_linear_scratch", 1), ("d2l_3_6_softmax_scratch", 1)]
+    softmax = Path(report["experiments"][1]["runs"][0])
+    assert yaml.safe_load((softmax / "config_resolved.yaml").read_text())["data"]["root"] == str(data)
 
 
 def test_reproduce_exits_1_when_a_run_misses_its_band(tmp_path):
@@ -148,8 +194,12 @@ def test_config_dir_of_a_run_folder_becomes_the_primary_config(tmp_path):
     for flags in (["--config-dir", str(hydra_dir)], [f"--config-dir={hydra_dir}"], ["-cd", str(hydra_dir)]):
         argv = rerun_argv(["train.py", *flags, "--config-name", "config", "hydra.run.dir=x"])
         assert argv[:5] == ["train.py", "--config-path", str(hydra_dir), "--config-name", "config"]
-        assert "hydra.run.dir=x" in argv and sum(a.startswith("hydra.run.dir=") for a in argv) == 1
-        assert any(a.startswith("hydra.sweep.dir=outputs/multiruns/") for a in argv)
+        assert "hydra.run.dir=x" in argv and sum("hydra.run.dir=" in a for a in argv) == 1
+        # conf/hydra/default.yaml's settings, which a saved config (no defaults list) lacks; and the paths
+        # node of conf/paths/default.yaml they name, which a run saved before it existed lacks
+        assert "++hydra.sweep.dir=${paths.output_dir}/multiruns/${now:%Y-%m-%d_%H-%M-%S_%f}" in argv
+        assert "++hydra.callbacks.sweep_report._target_=task1.sweeps.report.SweepReport" in argv
+        assert "++paths.output_dir=${oc.env:TASK1_OUTPUT_DIR,outputs}" in argv
     conf = ["train.py", "--config-dir", "conf"]  # an extra config folder, not a run: left alone
     assert rerun_argv(conf) == conf
 

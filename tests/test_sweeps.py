@@ -1,9 +1,11 @@
 """Sweeps for real, on generated data: joblib, Optuna and submitit multiruns, their report, the HParams view, DDP."""
 
 import csv
+import gzip
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -94,6 +96,29 @@ def test_joblib_sweep_writes_report_plot_and_hparams_view(fake_root, tmp_path):
         assert "hp_metric" not in run["tags"] and "output_dir" not in run["hparams"]
     assert ("model/num_hiddens" in view["2/tensorboard"]["hparams"]) and (
         "model/num_hiddens" not in view["0/tensorboard"]["hparams"])
+
+
+@pytest.mark.slow
+def test_parallel_jobs_unzip_a_fresh_data_folder_without_spoiling_it(real_root, tmp_path):
+    # as scripts/setup.sh leaves it: the .gz files only (generated ones would fail torchvision's MD5s); four
+    # processes start at once and each unzips what it does not find, into the same folder
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
+    if len(gz) < 4:
+        pytest.skip("the real files are unzipped only")
+    for path in gz:
+        shutil.copy(path, raw)
+    sweep = tmp_path / "sweep"
+    sweep_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", f"paths.data_dir={tmp_path / 'data'}",
+              "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "logger=none",
+              "figures.enabled=false", "seed=0,1,2,3", f"hydra.sweep.dir={sweep}")
+    jobs = jobs_of(sweep)
+    assert sorted(jobs) == ["0", "1", "2", "3"], sorted(jobs)
+    assert all(m["status"] == "completed" for m in jobs.values()), {k: m.get("error") for k, m in jobs.items()}
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*(p.name for p in gz), *(p.stem for p in gz)])
+    for path in gz:  # no temporary file left, and every unzipped file whole
+        assert (raw / path.stem).read_bytes() == gzip.decompress(path.read_bytes())
 
 
 @pytest.mark.slow

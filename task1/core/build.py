@@ -57,8 +57,8 @@ def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     set_threads_and_seed(cfg)
     datamodule = DataModule(instantiate(cfg.data))
     system = build_system(cfg)
+    start_from_checkpoint(system, cfg, resume_from)  # a refused resume leaves the folder as it was
     save_config(system, cfg, out)
-    start_from_checkpoint(system, cfg, resume_from)
     callbacks, predictions = make_callbacks(cfg, out, system, datamodule, callbacks)
     trainer = build_trainer(cfg, out, callbacks)
     return Built(datamodule, system, trainer, out, resume_from, predictions)
@@ -116,12 +116,14 @@ def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | N
         return
     checkpoint = load_checkpoint(init_from)
     check_compatible(init_from, checkpoint, system)
+    changed = []
     if resume_from:
-        check_resume(cfg, checkpoint)
+        changed = check_resume(cfg, checkpoint)
     else:  # weights only: a new run, with a fresh optimizer, from epoch 1
         system.load_state_dict(checkpoint["state_dict"])
-    log.info("%s from %s (epoch %d, step %d)", "resuming" if resume_from else "starting", init_from,
-             checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0))
+    log.info("%s from %s (epoch %d, step %d)%s", "resuming" if resume_from else "starting", init_from,
+             checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0),
+             "; changed: " + ", ".join(changed) if changed else "")
 
 
 def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataModule,

@@ -5,13 +5,15 @@ from omegaconf import OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
 # not choices: where files go, and model.net/model.loss, which only repeat model.* by interpolation
-_NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download")
+_NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download",
+                "paths/")
 
 
 def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tuple[dict, dict]:
     """The HParams tab's view of a run: the config groups chosen (model=mlp) and the config's scalars as
     hyperparameters, the final metrics as hparams/*."""
-    flat = {k: str(v) for k, v in (choices or {}).items() if not k.startswith("hydra/") and v is not None}
+    flat = {k: str(v) for k, v in (choices or {}).items()
+            if not k.startswith("hydra/") and k != "paths" and v is not None}
 
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():

@@ -81,37 +81,42 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
+def _changes(cfg: DictConfig, saved: dict) -> dict[str, tuple[str, str]]:
+    """Every key where `cfg`, resolved, differs from a run's `saved` config: (saved value, new value), shown."""
+    now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+    return {k: (_show(then.get(k, "<absent>")), _show(now.get(k, "<absent>"))) for k in sorted(set(now) | set(then))
+            if now.get(k, "<absent>") != then.get(k, "<absent>") and k != "resume"}
+
+
 def config_changes(cfg: DictConfig, saved: dict, may_change: tuple[str, ...] = RESUME_MAY_CHANGE) -> str:
     """The keys (but those of `may_change`) where `cfg`, resolved, differs from a run's `saved` config, each
     with both values ("" when none differ)."""
-    now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
     allowed = lambda key: any(key == p or key.startswith(p + ".") for p in may_change)  # noqa: E731
-    differ = [k for k in sorted(set(now) | set(then)) if now.get(k, "<absent>") != then.get(k, "<absent>")
-              and not allowed(k)]
-    return "; ".join(f"{k}: {_show(then.get(k, '<absent>'))} in the run, {_show(now.get(k, '<absent>'))} now"
-                     for k in differ)
+    return "; ".join(f"{k}: {a} in the run, {b} now" for k, (a, b) in _changes(cfg, saved).items() if not allowed(k))
 
 
-def check_resume(cfg: DictConfig, checkpoint: dict) -> None:
-    """Refuse overrides beside `resume=` that would change the run's trajectory, naming each with both values.
+def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
+    """Refuse overrides beside `resume=` that would change the run's trajectory, naming each with both values;
+    return the changes allowed (`key: saved -> new`), for the run's log.
 
     The run's own config is the one its checkpoint holds (resolved when it started).
     """
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(saved, dict):
-        return  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
-    now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+        return []  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
     shown = config_changes(cfg, saved)
     if shown:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
                          f"{shown}. Drop those overrides, or start a new run (python -m task1.rerun "
                          f"{cfg.resume} ...).")
-    if "trainer.max_epochs" in now and now["trainer.max_epochs"] != then.get("trainer.max_epochs"):
+    changed, then = _changes(cfg, saved), _flat(saved)
+    if "trainer.max_epochs" in changed:
         length = [k for k in ("scheduler.T_max", "scheduler.total_steps") if k in then and then[k] is None]
         if length:
-            raise Task1Error(f"resume={cfg.resume}: trainer.max_epochs cannot change ({then.get('trainer.max_epochs')}"
-                             f" -> {now['trainer.max_epochs']}): the run's {length[0]} was set from it, so the "
-                             f"schedule would not be the one it started on. Start a new run instead.")
+            raise Task1Error(f"resume={cfg.resume}: trainer.max_epochs cannot change "
+                             f"({' -> '.join(changed['trainer.max_epochs'])}): the run's {length[0]} was set from "
+                             f"it, so the schedule would not be the one it started on. Start a new run instead.")
+    return [f"{k}: {a} -> {b}" for k, (a, b) in changed.items()]
 
 
 def _show(value) -> str:

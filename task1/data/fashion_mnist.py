@@ -32,7 +32,8 @@ def _missing_message(raw: Path) -> str:
     names = ", ".join(f"{n}.gz" for n in FILES)
     return (f"Fashion-MNIST is not in {raw}/: expected the four files {names} (gzipped or not). Copy them there "
             f"(mkdir -p {raw} && cp <folder with the files>/*.gz {raw}/), set data.download=true on a machine "
-            f"that can reach the internet, or point data.root at the folder that holds FashionMNIST/raw/.")
+            f"that can reach the internet, or set paths.data_dir=<folder> (or TASK1_DATA_DIR) to the folder that "
+            f"holds FashionMNIST/raw/.")
 
 
 def prepare_files(root: str | os.PathLike, download: bool) -> Path:

@@ -19,8 +19,9 @@ class EpochSums:
 
     Cheap per step and free of host syncs. A step adds its loss into one tensor in place and keeps its detached
     logits; the correct predictions are counted for `count_every` steps' logits at once, and when read (counting
-    them step by step took about ten small torch calls a step: docs/performance.md). The losses are added in step order, so a run resumed mid-epoch sums exactly as an uninterrupted one;
-    counts are integers, exact in any grouping.
+    them step by step took about ten small torch calls a step: docs/performance.md). The losses are added in step
+    order, so a run resumed mid-epoch sums exactly as an uninterrupted one; counts are integers, exact in any
+    grouping.
     """
 
     def __init__(self, total: torch.Tensor | None = None, count_every: int = 64):

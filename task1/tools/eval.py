@@ -1,12 +1,14 @@
 """Evaluate a checkpoint on the test split with the config of the run that made it.
 
-    python -m task1.eval ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt [data.root=... trainer.accelerator=cpu]
+    python -m task1.eval ckpt_path=outputs/runs/<run>/checkpoints/last.ckpt [paths.data_dir=... trainer.accelerator=cpu]
 
 Checkpoints carry their run's resolved config (train.py puts it in the hyperparameters), so nothing else is needed;
-`key=value` overrides adjust it, e.g. to point at the data set from another folder.
+`key=value` overrides adjust it. The data is read where the run read it, unless `paths.data_dir=<folder>` (or
+TASK1_DATA_DIR, or `data.root=`) says it is elsewhere now.
 """
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,8 +16,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
-from task1.cli import exit_on_error
+from task1 import Task1Error, cli
 from task1.core.build import build_system, summary_table
 from task1.core.checkpoints import load_checkpoint
 from task1.data.module import DataModule
@@ -37,6 +38,10 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = ()) -> dict[str, floa
     """Test the checkpointed model on its run's test split; return {"test/loss": ..., "test/acc": ...}."""
     cfg, state_dict = run_checkpoint(ckpt_path)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    keys = {o.split("=", 1)[0] for o in overrides}
+    moved = "paths.data_dir" in keys or os.environ.get("TASK1_DATA_DIR")
+    if moved and "data.root" not in keys and "root" in cfg.data:  # the run's data.root holds the path it resolved
+        cfg.data.root = cli.paths(list(overrides))["data_dir"]
     if cfg.get("threads") is not None:
         torch.set_num_threads(cfg.threads)
     datamodule = DataModule(instantiate(cfg.data))
@@ -46,7 +51,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = ()) -> dict[str, floa
     return {k: float(v) for k, v in trainer.test(system, datamodule=datamodule, verbose=False)[0].items()}
 
 
-@exit_on_error
+@cli.exit_on_error
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     ckpt = [a.split("=", 1)[1] for a in args if a.startswith("ckpt_path=")]

@@ -3,10 +3,13 @@
     python -m task1.reproduce                                   # every conf/experiment/*.yaml, seeds 0,1,2
     python -m task1.reproduce --experiments d2l_3_2_linear_scratch,d2l_3_9_mlp_scratch --seeds 0,1,2,3,4
     python -m task1.reproduce trainer=gpu                       # key=value overrides go to every run
+    python -m task1.reproduce paths.data_dir=/datasets          # the data elsewhere (or TASK1_DATA_DIR=/datasets)
 
 The seeds are swept by Hydra's multirun (`python -m task1.train -m experiment=... seed=...`), one run folder per
-experiment and seed under `<out>/runs/<experiment>/seed_<seed>/`. The table goes to stdout, `<out>/reproduce.md`
-and `<out>/reproduce.json`; the exit status is 1 when any row fails.
+experiment and seed under `<out>/runs/<experiment>/seed_<seed>/` (`<out>`: `<paths.output_dir>/reproduce/<date>`).
+The table goes to stdout, `<out>/reproduce.md` and `<out>/reproduce.json`; the exit status is 1 when any row fails.
+Only completed runs are judged: a seed that diverged, was stopped or never ran is named in its experiment's row,
+which then fails, and every other row is still judged.
 
 A row passes when the book's final-epoch figure lies inside our range over seeds, widened by a stated tolerance:
 - test accuracy: [min - 0.02, max + 0.02] (test accuracy moves by 0.02-0.03 between epochs and runs);
@@ -21,6 +24,7 @@ A row passes when the book's final-epoch figure lies inside our range over seeds
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -31,7 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from task1 import Task1Error
-from task1.cli import exit_on_error
+from task1.cli import exit_on_error, paths
 from task1.io import natural_key, write_atomic, write_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,18 +118,37 @@ def judge(reported: dict, metrics: list[dict]) -> list[dict]:
     return rows
 
 
+def why_not_completed(metrics: dict | None) -> str | None:
+    """None for a completed run; else why it did not complete, in a few words ("diverged at epoch 3")."""
+    if metrics is None:
+        return "no metrics.json (not run, or killed)"
+    status, error = metrics.get("status"), str(metrics.get("error") or "")
+    if status == "completed" and metrics.get("final"):
+        return None
+    if error.startswith("Training diverged"):
+        epoch = re.search(r"in epoch (\d+)", error)
+        return f"diverged at epoch {epoch.group(1)}" if epoch else "diverged"
+    if status == "interrupted":
+        return f"interrupted in epoch {metrics.get('epochs', 0) + 1}"
+    return f"{status or 'unfinished'}: {error.splitlines()[0][:80]}" if error else (status or "unfinished")
+
+
 def collect(experiments: list[str], seeds: list[int], runs: Path) -> list[dict]:
-    """Judge every experiment from its run folders; a missing or unfinished run fails its experiment."""
+    """Judge every experiment from its completed runs; a run missing or not completed fails its experiment."""
     results = []
     for name in experiments:
         reported = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{name}.yaml").reported)
-        folders = [runs / name / f"seed_{s}" for s in seeds]
-        metrics = [json.loads((f / "metrics.json").read_text()) for f in folders if (f / "metrics.json").is_file()]
-        missing = [str(f) for f in folders if not (f / "metrics.json").is_file()]
+        folders = {s: runs / name / f"seed_{s}" for s in seeds}
+        found = {s: json.loads((f / "metrics.json").read_text()) if (f / "metrics.json").is_file() else None
+                 for s, f in folders.items()}
+        why = {s: why_not_completed(m) for s, m in found.items()}
+        metrics = [m for s, m in found.items() if why[s] is None]
+        not_completed = [{"seed": s, "run": str(folders[s]), "why": w} for s, w in why.items() if w is not None]
         rows = judge(reported, metrics) if metrics else []
-        entry = {"experiment": name, "source": reported["source"], "runs": [str(f) for f in folders],
-                 "missing_runs": missing, "rows": rows,
-                 "passed": not missing and all(r["passed"] is not False for r in rows)}
+        entry = {"experiment": name, "source": reported["source"], "runs": [str(f) for f in folders.values()],
+                 "completed": len(metrics), "not_completed": not_completed,
+                 "missing_runs": [str(folders[s]) for s, m in found.items() if m is None], "rows": rows,
+                 "passed": not not_completed and all(r["passed"] is not False for r in rows)}
         if metrics and "w" in metrics[0]:  # linear regression: learned against true parameters, as the book shows
             entry["parameters"] = {k: [m[k] for m in metrics] for k in ("w", "b", "true_w", "true_b", "w_error",
                                                                           "b_error")}
@@ -152,8 +175,9 @@ def markdown(results: list[dict], seeds: list[int], command: str) -> str:
         for i, r in enumerate(rows):
             f, s = r["fmt"], r["ours_final"]
             verdict = {True: "pass", False: "**FAIL**", None: ""}[r["passed"]]
-            if i == 0 and res["missing_runs"]:
-                verdict = f"**FAIL** ({len(res['missing_runs'])} of {n} runs missing)"
+            if i == 0 and res["not_completed"]:
+                seeds_why = "; ".join(f"seed {x['seed']}: {x['why']}" for x in res["not_completed"])
+                verdict = f"**FAIL** ({res['completed']} of {n} completed; {seeds_why})"
             lo, hi = r["band"] or (None, None)
             band = "" if hi is None else f"< {_fmt(hi, f)}" if lo is None else f"[{_fmt(lo, f)}, {_fmt(hi, f)}]"
             lines.append("| " + " | ".join([
@@ -184,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m task1.reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", default="all", help="comma-separated names from conf/experiment/ (all)")
     parser.add_argument("--seeds", default=[0, 1, 2], type=seed_list, help="comma-separated seeds (0,1,2)")
-    parser.add_argument("--out", help="output folder (outputs/reproduce/<date>_<time>)")
+    parser.add_argument("--out", help="output folder (<paths.output_dir>/reproduce/<date>_<time>)")
     parser.add_argument("--no-run", action="store_true", help="only rebuild the table from the runs in --out")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. trainer=gpu")
     args = parser.parse_args(argv)
@@ -196,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds
     if args.no_run and not args.out:
         parser.error("--no-run needs --out, the folder of an earlier reproduction")
-    out = Path(args.out or ROOT / "outputs" / "reproduce" / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    # relative paths are relative to ROOT, where the runs start
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out = Path(args.out or ROOT / paths(args.overrides)["output_dir"] / "reproduce" / stamp).resolve()
     start = time.perf_counter()
     status = 0 if args.no_run else sweep(experiments, seeds, out / "runs", args.overrides)
     results = collect(experiments, seeds, out / "runs")
