@@ -109,10 +109,11 @@ OWN_KEYS = {"scheduler": {"interval", "frequency"}}
 # has nothing read. Keys another value interpolates (`${model.num_hiddens}` in model.net) count as read too.
 READS: dict[str, set[str]] = {
     "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "seed", "threads", "output_dir",
-         "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric",
+         "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric", "paths",
          "show", "lr_schedule", "reported"},  # the last three: task1.show, task1.lr_schedule, task1.reproduce
     "model": {"net", "loss", "task", "loss_reduction"},
     "figures": {"enabled", "every_n_epochs"},
+    "paths": {"data_dir", "output_dir"},
     "show": {"split", "count", "ncols", "classes"},
     "lr_schedule": {"train_examples"},
     "reported": {"source", "kind", "train_acc", "test_acc", "loss", "loss_examples", "w", "b",
