@@ -171,7 +171,8 @@ def test_killed_sweep_goes_on_where_it_stopped(args, uninterrupted, tmp_path, la
         assert metrics["status"] == "completed"
         assert metrics["final"] == uninterrupted[lr]["final"]  # exactly: the same floats to the last bit
         assert metrics["history"] == uninterrupted[lr]["history"]
-        assert log.count("final metrics (") == 1, f"job {lr} trained to its end more than once"
+        finals = log.count("final metrics (")  # a completed job may lack it: the kill can fall between its
+        assert finals == 1 or (finals == 0 and lr in completed), f"job {lr} trained more than once"  # metrics.json and this line
         if lr in completed:  # reused, not trained again: its results untouched, to the wall time
             assert (folder / "metrics.json").read_bytes() == completed[lr] and "reused, completed" in log
         if lr in interrupted:
