@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -173,3 +174,26 @@ def test_tiny_search_benchmark_runs_both_searches(tmp_path):
     assert sum(median["trials"].values()) == 4 and median["epochs"] <= 8
     assert bench["wall_ratio"] == pytest.approx(median["wall_s"] / nop["wall_s"], abs=1e-3)
     assert "median/nop wall time" in result.stdout
+
+
+def test_training_and_hydra_start_import_no_optuna():
+    # Hydra imports every hydra_plugins module at each start; training imports Optuna only for a search's trial
+    code = ("import sys, task1.core.build, hydra_plugins.task1_optuna.sweeper; "
+            "print([m for m in ('optuna', 'task1.sweeps.search', 'task1.sweeps.trial') if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_ddp_trial_stops_on_both_ranks_when_pruned(fake_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep_cli(*SEARCH, "optimizer.lr=0.0001", "hydra.sweeper.n_trials=1", "trainer=ddp", "trainer.accelerator=cpu",
+              "trainer.devices=2", f"data.root={fake_root}", f"hydra.sweep.dir={sweep}")
+    (trial,) = study_of(sweep).trials
+    metrics = jobs_of(sweep)["0"]
+    assert trial.state == TrialState.PRUNED and sorted(trial.intermediate_values) == [0, 1]
+    assert metrics["status"] == "pruned" and metrics["epochs"] == 2
+    # rank 1 followed rank 0's decision: both stopped after the second epoch, with the same metrics
+    ranks = [re.search(rf"rank {r}/2 final (\{{.*\}})", (sweep / "0" / log).read_text())
+             for r, log in ((0, "train.log"), (1, "train_ddp_process_1.log"))]
+    assert all(ranks) and json.loads(ranks[0][1]) == json.loads(ranks[1][1]) == metrics["final"]

@@ -135,9 +135,8 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
     if cfg.get("optuna"):  # a trial of an Optuna search (task1.sweeps.search): only then is Optuna imported
         from task1.sweeps.trial import open_trial
 
-        trial = open_trial(cfg.optuna)
-        if trial is not None:
-            callbacks.append(Pruning(trial, cfg.get("optimized_metric") or monitor))
+        # every rank takes part in the decision, also a DDP rank that Lightning started (it has no trial)
+        callbacks.append(Pruning(open_trial(cfg.optuna), cfg.get("optimized_metric") or monitor))
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])

@@ -2,6 +2,7 @@
 confusion matrices, per-class accuracy), and a search trial's reports and pruning. The checkpoint callback is in
 checkpoints.py."""
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from task1 import Task1Error, plots
+
+log = logging.getLogger("task1")
 
 
 def diverged_message(epoch: int, step: int, what: str) -> str:
@@ -45,8 +48,9 @@ class Pruning(L.Callback):
     pruner says so (then `pruned` is true and, once fit ends, the trial is finished as pruned).
 
     `trial` has `report(value, step)`, `should_prune()` and `prune()` (task1.sweeps.trial.StudyTrial, which
-    imports Optuna). Steps count epochs from 0, as Optuna's pruners expect. The last epoch is reported but not
-    judged: a run that trained all its epochs is complete. Rank 0 reports and decides for all ranks.
+    imports Optuna); None where there is nothing to report to. Steps count epochs from 0, as Optuna's pruners
+    expect. The last epoch is reported but not judged: a run that trained all its epochs is complete. Rank 0
+    reports and decides for all ranks.
     """
 
     def __init__(self, trial, metric: str):
@@ -56,14 +60,16 @@ class Pruning(L.Callback):
         if trainer.sanity_checking:
             return
         prune = False
-        if trainer.is_global_zero:
+        if trainer.is_global_zero and self.trial is not None:
             value = trainer.callback_metrics.get(self.metric)
-            if value is None:
-                raise Task1Error(f"optimized_metric={self.metric} is not measured after an epoch, so the trial "
-                                 f"cannot report it: choose one of {', '.join(sorted(trainer.callback_metrics))}.")
-            epoch = trainer.current_epoch
-            self.trial.report(float(value), epoch)
-            prune = epoch + 1 < trainer.max_epochs and self.trial.should_prune()
+            if value is None:  # e.g. test/acc: the trial gets its final value, it just cannot be pruned
+                log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
+                            "(after each epoch: %s)", self.metric, ", ".join(sorted(trainer.callback_metrics)))
+                self.trial = None
+            else:
+                epoch = trainer.current_epoch
+                self.trial.report(float(value), epoch)
+                prune = epoch + 1 < trainer.max_epochs and self.trial.should_prune()
         self.pruned = bool(trainer.strategy.broadcast(prune))
         if self.pruned:
             trainer.should_stop = True

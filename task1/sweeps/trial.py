@@ -43,7 +43,8 @@ def open_trial(node: DictConfig) -> StudyTrial | None:
     of the sweeper that launched this job; None outside that multirun (a rerun of a trial's folder) or when the
     trial has already finished."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        log.info("optuna.trial=%s: not a job of its search, so this run does not report to it", node.trial)
+        log.info("optuna.trial=%s: this process is not its search's job (a rerun, or a DDP rank that follows "
+                 "rank 0), so it does not report to the trial", node.trial)
         return None
     sweeper = HydraConfig.get().sweeper
     storage = open_storage(node.storage)
