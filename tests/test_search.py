@@ -165,15 +165,16 @@ def test_sampled_values_reach_the_job_as_they_were(value):
 
 @pytest.mark.slow
 def test_tiny_search_benchmark_runs_both_searches(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_bench.py"), "--tiny", "--out",
-                             str(tmp_path)], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_bench.py"), "--tiny", "--first", "nop",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     bench = json.loads((tmp_path / "search_bench.json").read_text())
     median, nop = bench["runs"]["median"], bench["runs"]["nop"]
     assert nop["trials"] == {"complete": 4} and nop["epochs"] == 8  # never pruned: every trial trains 2 epochs
     assert sum(median["trials"].values()) == 4 and median["epochs"] <= 8
     assert bench["wall_ratio"] == pytest.approx(median["wall_s"] / nop["wall_s"], abs=1e-3)
-    assert "median/nop wall time" in result.stdout
+    assert min(median["cpu_s"], nop["cpu_s"]) > 0 and bench["order"] == ["nop", "median"]
+    assert "median/nop: wall time" in result.stdout
 
 
 def test_training_and_hydra_start_import_no_optuna():

@@ -169,7 +169,8 @@ class Search(Sweeper):
 
     def _search(self, arguments: list[str]) -> None:
         self._check()
-        space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        preset = [f"{k}={v if isinstance(v, str) else override_value(v)}" for k, v in self.params.items()]
+        space, fixed = search_space(preset + list(arguments))
         if not space:
             raise Task1Error("there is nothing to search: hydra.sweeper.params (or the command line) holds no "
                              "choice(...), range(...) or interval(...).")
@@ -178,8 +179,8 @@ class Search(Sweeper):
         for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             log.warning("trial %d was left running by a search that stopped: recorded as failed", stale.number)
             study.tell(stale.number, state=TrialState.FAIL)
-        log.info("study %r in %s: %d of %d trials done; sampler %s, pruner %s (optuna-dashboard %s)",
-                 self.study_name, storage, len(study.get_trials(deepcopy=False)), self.n_trials,
+        log.info("study %r: %d of %d trials done; sampler %s, pruner %s; to watch it: optuna-dashboard %s",
+                 self.study_name, len(study.get_trials(deepcopy=False)), self.n_trials,
                  type(study.sampler).__name__, type(study.pruner).__name__, storage)
         while (left := self.n_trials - len(study.get_trials(deepcopy=False))) > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, left))]
