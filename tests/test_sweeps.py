@@ -1,4 +1,5 @@
-"""Sweeps for real, on generated data: joblib, Optuna and submitit multiruns, their report, the HParams view, DDP."""
+"""Sweeps for real, on generated data: joblib and submitit multiruns, their report, the HParams view, DDP (the Optuna
+search: test_search.py)."""
 
 import csv
 import gzip
@@ -9,7 +10,6 @@ import shutil
 
 import pytest
 import torch
-import yaml
 from conftest import CONF, ROOT, compose_cfg, make_fashion_mnist, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
@@ -147,41 +147,6 @@ def test_failed_job_is_reported_and_the_others_complete(fake_root, tmp_path):
 
     result = run_cli("-m", "task1.summarize", str(tmp_path))
     assert result.returncode == 1 and "holds no job folders" in result.stderr and "Traceback" not in result.stderr
-
-
-@pytest.mark.slow
-def test_optuna_search_runs_six_trials_and_names_the_best(fake_root, tmp_path):
-    sweep = tmp_path / "sweep"
-    sweep_cli("hparams_search=optuna", "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.n_startup_trials=3",
-              f"data.root={fake_root}", "data.val_size=100", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
-              f"hydra.sweep.dir={sweep}")
-    jobs = jobs_of(sweep)
-    assert sorted(jobs) == [str(i) for i in range(6)] and all(m["status"] == "completed" for m in jobs.values())
-    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    accs = {k: m["final"]["val/acc"] for k, m in jobs.items()}
-    assert result["best_value"] == max(accs.values())
-    assert set(result["best_params"]) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size",
-                                          "model.num_hiddens"}
-    rows = {r["job"]: r for r in report_rows(sweep)}
-    assert len({r["optimizer.lr"] for r in rows.values()}) == 6  # the sampler searched
-    assert any(all(str(rows[k][p]) == str(v) for p, v in result["best_params"].items())
-               for k in rows if accs[k] == result["best_value"])
-    named = re.search(r"Best val/acc: \*\*([0-9.]+)\*\*, job (\d+)", (sweep / "summary.md").read_text())
-    assert float(named[1]) == pytest.approx(result["best_value"], abs=5e-5) and accs[named[2]] == result["best_value"]
-    hydra_cfg = yaml.safe_load((sweep / "0" / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    assert hydra_cfg["runtime"]["choices"]["model"] == "mlp"
-
-
-def test_optuna_search_is_seeded_and_maximises_the_returned_metric():
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", return_hydra_config=True, overrides=["hparams_search=optuna", "seed=7"])
-    sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
-    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 7
-    assert cfg.optimized_metric == "val/acc" and cfg.model.num_hiddens == 256
-    assert cfg.data.val_size == 10_000  # tuned on held-out training images, not on the test split
-    assert set(sweeper.params) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size",
-                                   "model.num_hiddens"}
 
 
 @pytest.mark.slow

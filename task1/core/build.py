@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import plots
-from task1.core.callbacks import FiniteLoss, PredictionFigures
+from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning
 from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
 from task1.core.config import validate
 from task1.core.ddp import prepare_ddp_relaunch
@@ -128,12 +128,17 @@ def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | N
 
 def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataModule,
                    extra: tuple[Callback, ...]) -> tuple[list[Callback], PredictionFigures | None]:
-    """The NaN stop, the best and last checkpoints, the prediction figures when drawn, then `extra`."""
+    """The NaN stop, the best and last checkpoints, `extra`, a search trial's pruning, the prediction figures."""
     monitor, mode = system.monitor
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     callbacks, predictions = [FiniteLoss(), best, last, *extra], None
+    if cfg.get("optuna"):  # a trial of an Optuna search (task1.sweeps.search): only then is Optuna imported
+        from task1.sweeps.trial import open_trial
+
+        # every rank takes part in the decision, also a DDP rank that Lightning started (it has no trial)
+        callbacks.append(Pruning(open_trial(cfg.optuna), cfg.get("optimized_metric") or monitor))
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
@@ -165,9 +170,12 @@ def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
     start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     datamodule, system, trainer, out, resume_from, predictions = build(cfg)
+    pruning = next((c for c in trainer.callbacks if isinstance(c, Pruning)), None)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
-        test = trainer.test(system, datamodule=datamodule, verbose=False)[0]
+        pruned = pruning is not None and pruning.pruned
+        # a pruned trial is abandoned: the test split stays unseen
+        test = {} if pruned else trainer.test(system, datamodule=datamodule, verbose=False)[0]
     except BaseException as e:  # metrics.json says what happened, then the error goes on up
         metrics, error = failure_metrics(e, system.history, cfg.seed, out)
         if trainer.is_global_zero:
@@ -178,7 +186,7 @@ def train(cfg: DictConfig) -> dict:
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
-    metrics = {"status": "completed", "seed": cfg.seed, "epochs": len(system.history),
+    metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
                "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
                "final": final, "history": system.history, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
@@ -188,6 +196,8 @@ def train(cfg: DictConfig) -> dict:
                        w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
     if predictions:
         metrics["per_class_acc"] = predictions.per_class_acc
+    if pruned:
+        log.info("the search pruned this trial after epoch %d of %d", len(system.history), trainer.max_epochs)
     if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
         log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:

@@ -1,6 +1,8 @@
-"""Lightning callbacks: the stop at a non-finite loss, and the figures of a run's predictions (example grids,
-confusion matrices, per-class accuracy). The checkpoint callback is in checkpoints.py."""
+"""Lightning callbacks: the stop at a non-finite loss, the figures of a run's predictions (example grids,
+confusion matrices, per-class accuracy), and a search trial's reports and pruning. The checkpoint callback is in
+checkpoints.py."""
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,6 +12,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from task1 import Task1Error, plots
+
+log = logging.getLogger("task1")
 
 
 def diverged_message(epoch: int, step: int, what: str) -> str:
@@ -37,6 +41,42 @@ class FiniteLoss(L.Callback):
         if not math.isfinite(value):
             where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
             raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))
+
+
+class Pruning(L.Callback):
+    """Reports `metric` to a search's trial after every epoch's validation, and stops the run when the trial's
+    pruner says so (then `pruned` is true and, once fit ends, the trial is finished as pruned).
+
+    `trial` has `report(value, step)`, `should_prune()` and `prune()` (task1.sweeps.trial.StudyTrial, which
+    imports Optuna); None where there is nothing to report to. Steps count epochs from 0, as Optuna's pruners
+    expect. The last epoch is reported but not judged: a run that trained all its epochs is complete. Rank 0
+    reports and decides for all ranks.
+    """
+
+    def __init__(self, trial, metric: str):
+        self.trial, self.metric, self.pruned = trial, metric, False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero and self.trial is not None:
+            value = trainer.callback_metrics.get(self.metric)
+            if value is None:  # e.g. test/acc: the trial gets its final value, it just cannot be pruned
+                log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
+                            "(after each epoch: %s)", self.metric, ", ".join(sorted(trainer.callback_metrics)))
+                self.trial = None
+            else:
+                epoch = trainer.current_epoch
+                self.trial.report(float(value), epoch)
+                prune = epoch + 1 < trainer.max_epochs and self.trial.should_prune()
+        self.pruned = bool(trainer.strategy.broadcast(prune))
+        if self.pruned:
+            trainer.should_stop = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pruned and trainer.is_global_zero:
+            self.trial.prune()
 
 
 class PredictionFigures(L.Callback):

@@ -4,9 +4,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
-# not choices: where files go, and model.net/model.loss, which only repeat model.* by interpolation
+# not choices: where files go, model.net/model.loss, which only repeat model.* by interpolation, and where an
+# Optuna search keeps the trial (its job folder is named by the trial's number)
 _NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download",
-                "paths/")
+                "paths/", "optuna/")
 
 
 def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tuple[dict, dict]:

@@ -42,7 +42,9 @@ def read_jobs(sweep: Path) -> list[dict]:
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         # no metrics.json: the job was killed (or is still running) before it could write one
-        jobs.append({"job": name, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+        # +optuna.*: where an Optuna search's job finds its trial, not a parameter (the job folder is the trial)
+        pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
+        jobs.append({"job": name, "overrides": dict(pairs),
                      "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
                      "wall_time_s": metrics.get("wall_time_s"), "error": metrics.get("error", "").split("\n")[0]})
     return jobs
@@ -99,7 +101,7 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     the table over seeds when several were swept."""
     header, rows = _rows(jobs, params, metric_names(jobs))
     keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
-    counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "failed", "incomplete")}
+    counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "pruned", "failed", "incomplete")}
     lines = [f"# Sweep {sweep}", "", f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
     if shared:
@@ -133,7 +135,8 @@ def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: l
     matplotlib.use("Agg")  # a report, also on a machine without a display
     import matplotlib.pyplot as plt
 
-    done = [j for j in jobs if isinstance(j["final"].get(metric), float)]
+    # a pruned trial's metric is that of its last epoch, not a result: left out, as from the best job
+    done = [j for j in jobs if j["status"] == "completed" and isinstance(j["final"].get(metric), float)]
     means = [g for g in groups or [] if g["stats"].get(metric, {}).get("mean") is not None]
     fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.4), squeeze=False)
     for ax, p in zip(axes[0], params, strict=True):

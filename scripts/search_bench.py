@@ -1,0 +1,91 @@
+"""Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned.
+
+    python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop] [--out outputs/search_bench]
+                                   [--tiny]
+
+Runs `python -m task1.train -m hparams_search=optuna` twice, one after the other, as a user would: the same
+trials, epochs and sampler seed (`seed`, 42), `data.val_size=10000`, once with the preset's MedianPruner and once
+with `hydra/sweeper/pruner=nop`, each in its own sweep folder (its own study). Prints, and writes to
+<out>/search_bench.json, the wall time and the CPU time (user + system, of all its processes) of each whole search
+(start-up included), its best val/acc, how its trials ended and the epochs they trained, and pruned against
+unpruned side by side. On a machine shared with other work the wall time follows the others' load, which can
+change between the two searches; the CPU time follows it much less (`--first` swaps the order to check).
+Uses the real Fashion-MNIST in data/; `--tiny` runs 4 trials of 2 epochs on generated data (a smoke test).
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's task1, also when another copy is installed
+
+from task1.io import write_json  # noqa: E402
+
+PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"]}
+
+
+def search(name: str, overrides: list[str], sweep: Path) -> dict:
+    """One whole search as a subprocess: its wall time and what its sweep folder says."""
+    cmd = [sys.executable, "-m", "task1.train", "--multirun", "hparams_search=optuna", *overrides,
+           *PRUNERS[name], f"hydra.sweep.dir={sweep}"]
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if result.returncode != 0:
+        sys.exit(f"{name}: the search failed:\n{(result.stdout + result.stderr)[-3000:]}")
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    jobs = [json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")]
+    return {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "best_val_acc": results.get("best_value"),
+            "best_trial": results.get("best_trial"), "trials": results["states"],
+            "epochs": sum(j["epochs"] for j in jobs), "sweep": str(sweep)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--first", choices=list(PRUNERS), default="median", help="the search that runs first")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "search_bench")
+    parser.add_argument("--tiny", action="store_true", help="4 trials of 2 epochs on generated data")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny:
+            sys.path.insert(0, str(ROOT / "scripts"))
+            from bench import data_root  # the benchmark's generated files of Fashion-MNIST's shape
+
+            args.trials, args.epochs = 4, 2
+            data = [f"data.root={data_root(True, Path(tmp))[0]}", "data.val_size=100"]
+        else:
+            data = ["data.val_size=10000"]
+        overrides = [f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_epochs={args.epochs}", *data]
+        order = sorted(PRUNERS, key=lambda name: name != args.first)
+        runs = {name: search(name, overrides, args.out / f"{stamp}_{name}") for name in order}
+    median, nop = runs["median"], runs["nop"]
+    report = {"trials": args.trials, "epochs": args.epochs, "data": "generated" if args.tiny else "Fashion-MNIST",
+              "order": order, "runs": runs, "wall_ratio": round(median["wall_s"] / nop["wall_s"], 3),
+              "cpu_ratio": round(median["cpu_s"] / nop["cpu_s"], 3),
+              "epoch_ratio": round(median["epochs"] / nop["epochs"], 3),
+              "best_val_acc_diff": round((median["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
+    write_json(args.out / "search_bench.json", report)
+    print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, run in this order:")
+    print(f"{'pruner':<8}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials")
+    for name, run in runs.items():
+        print(f"{name:<8}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
+              f"{run['epochs']:>8}  {run['trials']}")
+    print(f"median/nop: wall time {report['wall_ratio']:.3f}, CPU time {report['cpu_ratio']:.3f}, epochs "
+          f"{report['epoch_ratio']:.3f}, best val/acc {report['best_val_acc_diff']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
