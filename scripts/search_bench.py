@@ -1,7 +1,7 @@
 """Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned.
 
-    python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop] [--out outputs/search_bench]
-                                   [--tiny]
+    python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop] [--pruners median nop hyperband]
+                                   [--out outputs/search_bench] [--tiny]
 
 Runs `python -m task1.train -m hparams_search=optuna` twice, one after the other, as a user would: the same
 trials, epochs and sampler seed (`seed`, 42), `data.val_size=10000`, once with the preset's MedianPruner and once
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's task1, also when another copy i
 
 from task1.io import write_json  # noqa: E402
 
-PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"]}
+PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"], "hyperband": ["hydra/sweeper/pruner=hyperband"]}
 
 
 def search(name: str, overrides: list[str], sweep: Path) -> dict:
@@ -49,11 +49,20 @@ def search(name: str, overrides: list[str], sweep: Path) -> dict:
             "epochs": sum(j["epochs"] for j in jobs), "sweep": str(sweep)}
 
 
+def against(run: dict, nop: dict) -> dict:
+    """A search's wall time, CPU time and epochs as ratios to the unpruned search's, and its best val/acc's gap."""
+    return {"wall": round(run["wall_s"] / nop["wall_s"], 3), "cpu": round(run["cpu_s"] / nop["cpu_s"], 3),
+            "epochs": round(run["epochs"] / nop["epochs"], 3),
+            "best_val_acc_diff": round((run["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--first", choices=list(PRUNERS), default="median", help="the search that runs first")
+    parser.add_argument("--pruners", nargs="+", choices=list(PRUNERS), default=["median", "nop"],
+                        help="the searches to run (median and nop always; hyperband on request)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "search_bench")
     parser.add_argument("--tiny", action="store_true", help="4 trials of 2 epochs on generated data")
     args = parser.parse_args()
@@ -69,22 +78,24 @@ def main() -> None:
         else:
             data = ["data.val_size=10000"]
         overrides = [f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_epochs={args.epochs}", *data]
-        order = sorted(PRUNERS, key=lambda name: name != args.first)
+        order = sorted({"median", "nop", *args.pruners}, key=lambda name: (name != args.first, name))
         runs = {name: search(name, overrides, args.out / f"{stamp}_{name}") for name in order}
     median, nop = runs["median"], runs["nop"]
     report = {"trials": args.trials, "epochs": args.epochs, "data": "generated" if args.tiny else "Fashion-MNIST",
               "order": order, "runs": runs, "wall_ratio": round(median["wall_s"] / nop["wall_s"], 3),
               "cpu_ratio": round(median["cpu_s"] / nop["cpu_s"], 3),
               "epoch_ratio": round(median["epochs"] / nop["epochs"], 3),
-              "best_val_acc_diff": round((median["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
+              "best_val_acc_diff": round((median["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4),
+              "against_nop": {name: against(run, nop) for name, run in runs.items() if name != "nop"}}
     write_json(args.out / "search_bench.json", report)
     print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, run in this order:")
     print(f"{'pruner':<8}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials")
     for name, run in runs.items():
         print(f"{name:<8}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
               f"{run['epochs']:>8}  {run['trials']}")
-    print(f"median/nop: wall time {report['wall_ratio']:.3f}, CPU time {report['cpu_ratio']:.3f}, epochs "
-          f"{report['epoch_ratio']:.3f}, best val/acc {report['best_val_acc_diff']:+.4f}")
+    for name, r in report["against_nop"].items():
+        print(f"{name}/nop: wall time {r['wall']:.3f}, CPU time {r['cpu']:.3f}, epochs {r['epochs']:.3f}, "
+              f"best val/acc {r['best_val_acc_diff']:+.4f}")
 
 
 if __name__ == "__main__":

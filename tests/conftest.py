@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -63,6 +64,19 @@ def real_root() -> Path:
             pytest.fail(f"CI must provide the real Fashion-MNIST in {raw} (scripts/setup.sh copies it)")
         pytest.skip(f"real Fashion-MNIST not in {raw}")
     return REAL_DATA
+
+
+def gz_only_copy(real_root: Path, root: Path) -> tuple[Path, list[Path]]:
+    """root/FashionMNIST/raw holding the real data set's .gz files only, as scripts/setup.sh leaves a fresh
+    folder (generated files would fail torchvision's MD5s); return that folder and the originals."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
+    if len(gz) < 4:
+        pytest.skip("the real files are unzipped only")
+    for path in gz:
+        shutil.copy(path, raw)
+    return raw, gz
 
 
 def compose_cfg(*overrides: str, config_name: str = "config"):

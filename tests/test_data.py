@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, make_fashion_mnist, make_images, run_cli, write_idx
+from conftest import N_TEST, N_TRAIN, gz_only_copy, make_fashion_mnist, make_images, run_cli, write_idx
 from torchvision import datasets
 
 from task1 import Task1Error
@@ -79,13 +79,7 @@ def _prepare_at_once(barrier, root) -> None:
 def test_processes_that_unzip_one_fresh_folder_at_once_all_get_whole_files(real_root, tmp_path):
     # parallel jobs on a folder holding the .gz files only (as scripts/setup.sh leaves it), released together
     # so that their unzips overlap for sure (a sweep's jobs start seconds apart, and mostly miss each other)
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
-    if len(gz) < 4:
-        pytest.skip("the real files are unzipped only")
-    for path in gz:
-        shutil.copy(path, raw)
+    raw, gz = gz_only_copy(real_root, tmp_path)
     ctx = multiprocessing.get_context("fork")  # the children need no imports of their own
     barrier = ctx.Barrier(4)
     jobs = [ctx.Process(target=_prepare_at_once, args=(barrier, tmp_path)) for _ in range(4)]

@@ -6,11 +6,10 @@ import gzip
 import json
 import os
 import re
-import shutil
 
 import pytest
 import torch
-from conftest import CONF, ROOT, compose_cfg, make_fashion_mnist, run_cli
+from conftest import CONF, ROOT, compose_cfg, gz_only_copy, make_fashion_mnist, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -102,13 +101,7 @@ def test_joblib_sweep_writes_report_plot_and_hparams_view(fake_root, tmp_path):
 def test_parallel_jobs_unzip_a_fresh_data_folder_without_spoiling_it(real_root, tmp_path):
     # as scripts/setup.sh leaves it: the .gz files only (generated ones would fail torchvision's MD5s); four
     # processes start at once and each unzips what it does not find, into the same folder
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    gz = sorted((real_root / "FashionMNIST" / "raw").glob("*.gz"))
-    if len(gz) < 4:
-        pytest.skip("the real files are unzipped only")
-    for path in gz:
-        shutil.copy(path, raw)
+    raw, gz = gz_only_copy(real_root, tmp_path / "data")
     sweep = tmp_path / "sweep"
     sweep_cli("hydra/launcher=joblib", "hydra.launcher.n_jobs=4", f"paths.data_dir={tmp_path / 'data'}",
               "trainer=cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "logger=none",
