@@ -102,3 +102,18 @@ def test_console_scripts_are_installed_and_answer(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "data.batch_size=0 is not allowed" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_declared_versions_admit_what_the_code_needs():
+    import inspect
+    import re
+
+    import lightning as L
+    from packaging.requirements import Requirement
+
+    lines = re.findall(r'^\s+"([a-z-]+[<>=!~][^"]*)",', (ROOT / "pyproject.toml").read_text(), re.M)
+    deps = {Requirement(d).name: Requirement(d) for d in lines}
+    # Trainer.fit(weights_only=...) came in Lightning 2.6: an older one must not be admitted
+    assert "weights_only" in inspect.signature(L.Trainer.fit).parameters
+    assert not deps["lightning"].specifier.contains("2.5.9") and deps["lightning"].specifier.contains("2.6.0")
+    assert deps["lightning"].specifier.contains(L.__version__)
