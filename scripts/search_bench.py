@@ -74,7 +74,7 @@ def main() -> None:
             from bench import data_root  # the benchmark's generated files of Fashion-MNIST's shape
 
             args.trials, args.epochs = 4, 2
-            data = [f"data.root={data_root(True, Path(tmp))[0]}", "data.val_size=100"]
+            data = [f"data.root={data_root(True, Path(tmp), 'data')[0]}", "data.val_size=100"]
         else:
             data = ["data.val_size=10000"]
         overrides = [f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_epochs={args.epochs}", *data]
