@@ -15,6 +15,7 @@ from typing import NoReturn
 from omegaconf import OmegaConf
 
 from task1 import Task1Error
+from task1.io import dotted
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
@@ -68,18 +69,10 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _leaves(node, prefix: str = "") -> dict:
-    """A nested dict as {dotted key: value}."""
-    if not isinstance(node, dict) or not node:
-        return {prefix: node}
-    return {k: v for key, value in node.items()
-            for k, v in _leaves(value, f"{prefix}.{key}" if prefix else key).items()}
-
-
 def _conf_overrides(name: str, prefix: str, given: set[str]) -> list[str]:
     """A file of conf/ as `++<prefix>.key=value` overrides, interpolations kept (`${now:}` resolves at the start),
     less the keys `given` on the command line."""
-    leaves = _leaves(OmegaConf.to_container(OmegaConf.load(CONF / name), resolve=False), prefix)
+    leaves = dotted(OmegaConf.to_container(OmegaConf.load(CONF / name), resolve=False), prefix)
     return [f"++{k}={json.dumps(v) if v is None or isinstance(v, bool) else v}" for k, v in leaves.items()
             if k not in given]
 

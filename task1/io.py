@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and a natural sort key."""
+"""Small shared helpers: atomic file writes, a natural sort key, nested dicts as dotted keys."""
 
 import contextlib
 import json
@@ -47,3 +47,11 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
 def natural_key(name: str) -> list:
     """A sort key where numbers compare as numbers: d2l_3_2 < d2l_3_10, job 2 < job 10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def dotted(node, prefix: str = "") -> dict:
+    """A nested dict as {dotted key: value} (an empty dict is a value: `{"a": {}}` -> `{"a": {}}`)."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {k: v for key, value in node.items()
+            for k, v in dotted(value, f"{prefix}.{key}" if prefix else str(key)).items()}

@@ -12,7 +12,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, cli, error_line
-from task1.io import write_json
+from task1.io import dotted, write_json
 
 log = logging.getLogger("task1")
 
@@ -72,18 +72,9 @@ def check_run_folder(out: Path, resuming: bool) -> Path | None:
     return last
 
 
-def _flat(d, prefix: str = "") -> dict:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def _changes(cfg: DictConfig, saved: dict) -> dict[str, tuple[str, str]]:
     """Every key where `cfg`, resolved, differs from a run's `saved` config: (saved value, new value), shown."""
-    now, then = _flat(OmegaConf.to_container(cfg, resolve=True)), _flat(saved)
+    now, then = dotted(OmegaConf.to_container(cfg, resolve=True)), dotted(saved)
     return {k: (_show(then.get(k, "<absent>")), _show(now.get(k, "<absent>"))) for k in sorted(set(now) | set(then))
             if now.get(k, "<absent>") != then.get(k, "<absent>") and k != "resume"}
 
@@ -109,7 +100,7 @@ def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
                          f"{shown}. Drop those overrides, or start a new run (python -m task1.rerun "
                          f"{cfg.resume} ...).")
-    changed, then = _changes(cfg, saved), _flat(saved)
+    changed, then = _changes(cfg, saved), dotted(saved)
     if "trainer.max_epochs" in changed:
         length = [k for k in ("scheduler.T_max", "scheduler.total_steps") if k in then and then[k] is None]
         if length:
