@@ -1,13 +1,19 @@
-"""Small shared helpers: atomic file writes, a natural sort key, nested dicts as dotted keys."""
+"""Small shared helpers: atomic file writes, a folder one process at a time, a natural sort key, nested dicts as
+dotted keys."""
 
 import contextlib
+import fcntl
 import json
 import os
 import re
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from task1 import Task1Error
 
 
 @contextlib.contextmanager
@@ -42,6 +48,36 @@ def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """`data` as indented JSON, written atomically (metrics.json, reports)."""
     write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+class FolderInUseError(Task1Error):
+    """Another process holds the folder (see `hold`)."""
+
+
+@contextlib.contextmanager
+def hold(folder: str | os.PathLike) -> Iterator[None]:
+    """Keep `folder` to this process for the block: an exclusive lock on `<folder>/.lock`, which names the holder.
+
+    A second process that asks for the folder meanwhile gets FolderInUseError at once, naming the holder, instead of
+    training into the same files. The lock is the kernel's (flock; on NFS the client takes it on the server), so
+    it ends with the process however that ends: a killed run leaves no stale lock. The file stays.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
+            raise FolderInUseError(f"{folder} is in use by {holder}: wait for it to end (or stop it), then run this "
+                              f"again.") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+                 .encode())
+        yield
+    finally:
+        os.close(fd)
 
 
 def natural_key(name: str) -> list:

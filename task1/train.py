@@ -4,8 +4,12 @@ This entry point imports neither torch nor Lightning: `--help`, `--cfg job` and 
 within a second or two; the training core is imported once the config has passed its checks.
 """
 
+import contextlib
+import logging
+import os
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -13,7 +17,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from task1 import cli
+from task1.io import FolderInUseError, hold
 from task1.sweeps import folders  # registers the resolver that names sweep job folders (see there)
+
+log = logging.getLogger("task1")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -26,13 +33,32 @@ def train(cfg: DictConfig) -> dict:
     return build.train(cfg)
 
 
+def other_rank() -> bool:
+    """A process that a launcher (Lightning's DDP, torchrun, srun) started as a rank other than 0 of a job: it
+    trains into the folder that rank 0 holds."""
+    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
 @cli.exit_on_error
 def run(cfg: DictConfig) -> float | None:
     """One job: a run, or one job of a multirun (which takes up what an earlier start of the sweep left in its
-    folder; a failure is recorded and the sweep goes on)."""
-    start = time.perf_counter()
+    folder; a failure is recorded and the sweep goes on). It holds its folder while it runs: a second process
+    for the same folder (the same sweep started again while this one runs) stops at once, a sweep's job is left
+    to the process that holds it."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        with contextlib.nullcontext() if other_rank() else hold(Path(cfg.get("resume") or cfg.output_dir)):
+            return job(cfg, multirun)
+    except FolderInUseError as e:
+        if not multirun:
+            raise
+        log.error("%s This job is left to it; the sweep's report shows the job as it finds it.", e)
+        return None
+
+
+def job(cfg: DictConfig, multirun: bool) -> float | None:
+    start = time.perf_counter()
     try:
         # a sweep started again: a job that ended is reused, an interrupted one resumes
         metrics = (folders.continue_job(cfg) if multirun else None) or train(cfg)

@@ -1,5 +1,6 @@
-"""A sweep started again goes on where it stopped: real multiruns (basic and joblib) killed mid-job and resumed."""
+"""A sweep started again goes on where it stopped: real multiruns (basic, joblib, submitit) killed mid-job."""
 
+import contextlib
 import json
 import logging
 import os
@@ -12,16 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT, make_fashion_mnist, run_cli
+from conftest import ROOT, make_fashion_mnist, no_traceback, run_cli
 
 from task1 import Task1Error
 from task1.cli import train_argv
+from task1.io import FolderInUseError, hold
 from task1.sweeps.folders import continue_job, job_folder
 
 N_TRAIN, BATCH = 2000, 16
 STEPS_PER_EPOCH = N_TRAIN // BATCH  # 125
 LRS = ["0.05", "0.1", "0.2", "0.3"]
-LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+             "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]}
 
 
 def saved(folder: Path, *overrides: str) -> Path:
@@ -158,7 +161,7 @@ def test_killed_sweep_goes_on_where_it_stopped(args, uninterrupted, tmp_path, la
     if launcher == "basic":  # a fresh sweep's folders are the job numbers, as they always were
         assert {lr: f.name for lr, f in jobs.items()} == {lr: str(i) for i, lr in enumerate(LRS) if lr in jobs}
 
-    # the same command again (basic), or its short form (joblib: the launcher comes from the sweep's record)
+    # the same command again (basic), or its short form (the launcher comes from the sweep's record)
     if launcher == "basic":
         multirun(*command)
     else:
@@ -216,3 +219,58 @@ def test_ddp_job_of_a_killed_sweep_resumes_on_both_ranks(args, tmp_path):
     assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
     for log in ("train.log", "train_ddp_process_1.log"):
         assert f"resuming from {last} (epoch 1, step {step})" in (sweep / "0" / log).read_text()
+
+
+HOLD = ("import sys, time\nfrom task1.io import hold\n"
+        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)")
+
+
+@contextlib.contextmanager
+def held(folder: Path):
+    """Another process holding `folder`, as a running job does, until the block ends (then SIGKILL: no clean-up)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "held\n"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+def test_a_folder_is_held_by_one_process_and_freed_when_that_one_is_killed(tmp_path):
+    run = tmp_path / "run"
+    with held(run) as pid, pytest.raises(FolderInUseError, match=rf"{run} is in use by process {pid} on \S+ "), \
+            hold(run):
+        pass
+    # killed with its lock held: the kernel let it go; held here, also against another open in this process
+    with hold(run), pytest.raises(FolderInUseError, match=f"process {os.getpid()} "), hold(run):
+        pass
+
+
+def test_a_run_into_a_folder_another_process_holds_stops_before_it_trains(fake_root, tmp_path):
+    run = tmp_path / "run"
+    with held(run) as pid:
+        result = run_cli(f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1", f"hydra.run.dir={run}")
+    assert f"{run} is in use by process {pid} on " in no_traceback(result)
+    assert not {"metrics.json", "checkpoints", "config_resolved.yaml"} & {p.name for p in run.iterdir()}
+
+
+@pytest.mark.slow
+def test_a_sweep_started_again_leaves_a_job_that_another_process_runs_to_it(args, tmp_path):
+    # e.g. a SLURM job of the first start still running when the submitting command is started again
+    sweep = tmp_path / "sweep"
+    command = [*args, "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={sweep}"]
+    multirun(*command)
+    (sweep / "0" / "metrics.json").unlink()  # job 0 as it is while it still trains
+    files = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file() and p.name not in ("train.log",
+                                                                                                   ".lock")}
+    with held(sweep / "0") as pid:
+        multirun(*command)
+        assert f"{sweep / '0'} is in use by process {pid} on " in (sweep / "0" / "train.log").read_text()
+        assert {p: p.read_bytes() for p in files} == files and not (sweep / "0" / "metrics.json").exists()
+        assert "reused, completed" in (sweep / "1" / "train.log").read_text()
+        rows = [r.split(",")[:2] for r in (sweep / "summary.csv").read_text().splitlines()[1:]]
+        assert rows == [["0", "incomplete"], ["1", "completed"]]
+
+    multirun(*command)  # the holder has ended: its job goes on from its checkpoint now
+    assert [json.loads((sweep / j / "metrics.json").read_text())["status"] for j in "01"] == ["completed"] * 2
