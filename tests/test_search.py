@@ -37,9 +37,9 @@ def with_hydra(*overrides: str):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
 
 
-def study_of(sweep) -> optuna.Study:
-    """The study as Optuna itself reads it from the journal file in the sweep folder."""
-    storage = JournalStorage(JournalFileBackend(str(sweep / "optuna_journal.log")))
+def study_of(sweep, url: str | None = None) -> optuna.Study:
+    """The study as Optuna itself reads it from the journal file in the sweep folder (or from the RDB `url`)."""
+    storage = url or JournalStorage(JournalFileBackend(str(sweep / "optuna_journal.log")))
     return optuna.load_study(study_name="mlp_fashion_mnist", storage=storage)
 
 
@@ -97,13 +97,17 @@ def test_search_prunes_records_failures_and_continues_the_study(fake_root, tmp_p
 
 
 @pytest.mark.slow
-def test_search_with_joblib_reaches_the_trials_from_other_processes(fake_root, tmp_path):
-    sweep = tmp_path / "sweep"
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_search_with_joblib_reaches_the_trials_from_other_processes(fake_root, tmp_path, storage):
+    sweep, url = tmp_path / "sweep", f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite" else None
     sweep_cli(*SEARCH, "optimizer.lr=choice(0.0001,0.5)", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.root={fake_root}",
-              f"hydra.sweep.dir={sweep}")
-    study = study_of(sweep)
+              f"hydra.sweep.dir={sweep}", *([f"hydra.sweeper.storage={url}"] if url else []))
+    study = study_of(sweep, url)
     assert len(study.trials) == 4
+    assert (sweep / "optuna_journal.log").exists() == (url is None)
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["storage"] == (url or str(sweep / "optuna_journal.log"))
     check_trials(sweep, study, {"0.0001", "0.5"})  # pruning decided and told in the job processes
     cores = len(os.sched_getaffinity(0))
     assert {m["threads"] for m in jobs_of(sweep).values()} == {max(1, cores // 2)}  # joblib ran them, two at once
@@ -131,7 +135,8 @@ def test_the_preset_searches_seeded_with_median_pruning_on_held_out_data():
 
 
 @pytest.mark.parametrize(("pruner", "kind"), [("median", "MedianPruner"), ("nop", "NopPruner"),
-                                              ("threshold", "ThresholdPruner"), ("hyperband", "HyperbandPruner")])
+                                              ("threshold", "ThresholdPruner"), ("hyperband", "HyperbandPruner"),
+                                              ("percentile", "PercentilePruner")])
 def test_every_pruner_option_builds(pruner, kind):
     overrides = ["hparams_search=optuna", f"hydra/sweeper/pruner={pruner}"]
     if pruner == "threshold":
