@@ -1,7 +1,7 @@
 """Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned.
 
-    python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop] [--pruners median nop hyperband]
-                                   [--out outputs/search_bench] [--tiny]
+    python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop]
+                                   [--pruners median nop hyperband percentile] [--out outputs/search_bench] [--tiny]
 
 Runs `python -m task1.train -m hparams_search=optuna` twice, one after the other, as a user would: the same
 trials, epochs and sampler seed (`seed`, 42), `data.val_size=10000`, once with the preset's MedianPruner and once
@@ -11,6 +11,12 @@ with `hydra/sweeper/pruner=nop`, each in its own sweep folder (its own study). P
 unpruned side by side. On a machine shared with other work the wall time follows the others' load, which can
 change between the two searches; the CPU time follows it much less (`--first` swaps the order to check).
 Uses the real Fashion-MNIST in data/; `--tiny` runs 4 trials of 2 epochs on generated data (a smoke test).
+
+It then replays the unpruned search's trials, in their order and with their per-epoch values, through other
+pruners (`REPLAYS`) in a fresh in-memory study: which trials each would have stopped, after how many epochs, and
+the share of the unpruned search's epochs and trial time that leaves (a stopped trial's time taken as its share
+of epochs). The replay assumes the sampler draws the same trials, which holds for the 10 random trials and, on
+the runs measured so far, for the TPE trials after them too.
 """
 
 import argparse
@@ -29,7 +35,17 @@ sys.path.insert(0, str(ROOT))  # this checkout's task1, also when another copy i
 
 from task1.io import write_json  # noqa: E402
 
-PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"], "hyperband": ["hydra/sweeper/pruner=hyperband"]}
+REPLAYS = {  # name -> (Optuna pruner class, its arguments); the default's first
+    "median 5/0 (default)": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 0}),
+    "median 5/1": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
+    "median 1/0": ("MedianPruner", {"n_startup_trials": 1, "n_warmup_steps": 0}),
+    "percentile 25, 1/0": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 1, "n_warmup_steps": 0}),
+    "percentile 25, 5/0": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 0}),
+    "successive halving": ("SuccessiveHalvingPruner", {"min_resource": 1, "reduction_factor": 3}),
+    "hyperband": ("HyperbandPruner", {"min_resource": 1, "reduction_factor": 3}),
+}
+PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"], "hyperband": ["hydra/sweeper/pruner=hyperband"],
+           "percentile": ["hydra/sweeper/pruner=percentile"]}
 
 
 def search(name: str, overrides: list[str], sweep: Path) -> dict:
@@ -56,13 +72,44 @@ def against(run: dict, nop: dict) -> dict:
             "best_val_acc_diff": round((run["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
 
 
+def replay(sweep: Path, pruner_name: str, kwargs: dict) -> dict:
+    """The unpruned search in `sweep` as `pruner_name` would have pruned it (see the module's docstring)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    journal = optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))
+    storage = optuna.storages.JournalStorage(journal)
+    done = optuna.load_study(study_name=None, storage=storage).trials
+    study = optuna.create_study(direction="maximize", pruner=getattr(optuna.pruners, pruner_name)(**kwargs))
+    epochs = seconds = all_seconds = 0.0
+    best, stopped = None, 0
+    for old in done:
+        values = [old.intermediate_values[step] for step in sorted(old.intermediate_values)]
+        took = (old.datetime_complete - old.datetime_start).total_seconds()
+        all_seconds += took
+        trial = study.ask()
+        for step, value in enumerate(values):
+            trial.report(value, step)
+            if step < len(values) - 1 and trial.should_prune():  # a trial's last epoch is never judged
+                study.tell(trial, state=TrialState.PRUNED)
+                stopped, epochs, seconds = stopped + 1, epochs + step + 1, seconds + took * (step + 1) / len(values)
+                break
+        else:
+            study.tell(trial, values[-1])
+            epochs, seconds, best = epochs + len(values), seconds + took, max(best or values[-1], values[-1])
+    total = sum(len(t.intermediate_values) for t in done)
+    return {"pruned": stopped, "epochs": round(epochs / total, 3), "time": round(seconds / all_seconds, 3),
+            "best_val_acc": best}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--first", choices=list(PRUNERS), default="median", help="the search that runs first")
     parser.add_argument("--pruners", nargs="+", choices=list(PRUNERS), default=["median", "nop"],
-                        help="the searches to run (median and nop always; hyperband on request)")
+                        help="the searches to run (median and nop always; hyperband, percentile on request)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "search_bench")
     parser.add_argument("--tiny", action="store_true", help="4 trials of 2 epochs on generated data")
     args = parser.parse_args()
@@ -87,6 +134,7 @@ def main() -> None:
               "epoch_ratio": round(median["epochs"] / nop["epochs"], 3),
               "best_val_acc_diff": round((median["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4),
               "against_nop": {name: against(run, nop) for name, run in runs.items() if name != "nop"}}
+    report["replay_of_nop"] = {name: replay(Path(nop["sweep"]), *spec) for name, spec in REPLAYS.items()}
     write_json(args.out / "search_bench.json", report)
     print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, run in this order:")
     print(f"{'pruner':<8}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials")
@@ -96,6 +144,11 @@ def main() -> None:
     for name, r in report["against_nop"].items():
         print(f"{name}/nop: wall time {r['wall']:.3f}, CPU time {r['cpu']:.3f}, epochs {r['epochs']:.3f}, "
               f"best val/acc {r['best_val_acc_diff']:+.4f}")
+    print(f"the unpruned search's {args.trials} trials replayed through other pruners (share of its epochs and "
+          f"trial time left):")
+    for name, r in report["replay_of_nop"].items():
+        print(f"  {name:<22} pruned {r['pruned']:>2}  epochs {r['epochs']:.3f}  time {r['time']:.3f}  "
+              f"best val/acc {r['best_val_acc'] or float('nan'):.4f}")
 
 
 if __name__ == "__main__":
