@@ -3,8 +3,12 @@
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import optuna
 import pytest
@@ -66,6 +70,33 @@ def check_trials(sweep, study: optuna.Study, lrs: set[str]) -> None:
         assert "+optuna.trial" not in row  # where the job found its trial is not a parameter of the report
 
 
+def dashboard_view(storage: str) -> list[dict]:
+    """The trials of the study in `storage` as `optuna-dashboard <storage>` serves them (its JSON API)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host", "127.0.0.1", "--port",
+               str(port), "--quiet"]
+    server, url = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"{url}/api/studies", timeout=5) as answer:
+                    (study,) = json.load(answer)["study_summaries"]
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()[-3000:]
+                time.sleep(0.1)
+        else:
+            raise AssertionError(f"optuna-dashboard did not answer on {url} within 30 s")
+        assert study["study_name"] == "mlp_fashion_mnist"
+        with urllib.request.urlopen(f"{url}/api/studies/{study['study_id']}", timeout=30) as answer:
+            return json.load(answer)["trials"]
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_search_prunes_records_failures_and_continues_the_study(fake_root, tmp_path):
     sweep = tmp_path / "sweep"
@@ -94,6 +125,12 @@ def test_search_prunes_records_failures_and_continues_the_study(fake_root, tmp_p
     assert [t.params for t in added] != [t.params for t in first[:2]]  # not the first draws again
     assert "7 jobs:" in (sweep / "summary.md").read_text()
     assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["n_trials"] == 7
+
+    # the command the search's log gives to watch it: optuna-dashboard reads the journal file
+    shown = dashboard_view(str(sweep / "optuna_journal.log"))
+    assert [(t["number"], t["state"].lower()) for t in shown] == [(t.number, t.state.name.lower()) for t in
+                                                                  study.trials]
+    assert [len(t["intermediate_values"]) for t in shown] == [len(t.intermediate_values) for t in study.trials]
 
 
 @pytest.mark.slow
