@@ -1,7 +1,8 @@
 """Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned.
 
     python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop]
-                                   [--pruners median nop hyperband percentile] [--out outputs/search_bench] [--tiny]
+                                   [--pruners median nop hyperband percentile] [--rounds 1]
+                                   [--out outputs/search_bench] [--tiny]
 
 Runs `python -m task1.train -m hparams_search=optuna` twice, one after the other, as a user would: the same
 trials, epochs and sampler seed (`seed`, 42), `data.val_size=10000`, once with the preset's MedianPruner and once
@@ -9,7 +10,9 @@ with `hydra/sweeper/pruner=nop`, each in its own sweep folder (its own study). P
 <out>/search_bench.json, the wall time and the CPU time (user + system, of all its processes) of each whole search
 (start-up included), its best val/acc, how its trials ended and the epochs they trained, and pruned against
 unpruned side by side. On a machine shared with other work the wall time follows the others' load, which can
-change between the two searches; the CPU time follows it much less (`--first` swaps the order to check).
+change between the two searches, and the CPU time with it (the same 78 epochs measured 0.54 and 0.75 of the
+unpruned search's wall time in two runs): `--rounds 2` runs nop, median, median, nop and sums each one's times,
+so that a drift of the machine's load falls on both alike; `--first` chooses who starts.
 Uses the real Fashion-MNIST in data/; `--tiny` runs 4 trials of 2 epochs on generated data (a smoke test).
 
 It then replays the unpruned search's trials, in their order and with their per-epoch values, through other
@@ -72,6 +75,14 @@ def against(run: dict, nop: dict) -> dict:
             "best_val_acc_diff": round((run["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
 
 
+def summed(rounds: list[dict]) -> dict:
+    """One search's rounds as one: their wall and CPU times summed (each round's kept), the rest from the first
+    (seeded, they draw and train alike: the epochs of every round are kept to show it)."""
+    return {**rounds[0], "wall_s": round(sum(r["wall_s"] for r in rounds), 1),
+            "cpu_s": round(sum(r["cpu_s"] for r in rounds), 1), "rounds_wall_s": [r["wall_s"] for r in rounds],
+            "rounds_epochs": [r["epochs"] for r in rounds]}
+
+
 def replay(sweep: Path, pruner_name: str, kwargs: dict) -> dict:
     """The unpruned search in `sweep` as `pruner_name` would have pruned it (see the module's docstring)."""
     import optuna
@@ -112,6 +123,9 @@ def main() -> None:
                         help="the searches to run (median and nop always; hyperband, percentile on request)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "search_bench")
     parser.add_argument("--tiny", action="store_true", help="4 trials of 2 epochs on generated data")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the searches this many times, every other round in reverse order (A B, B A, ...), "
+                             "and compare the summed times: the machine's drift then falls on both alike")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -126,9 +140,14 @@ def main() -> None:
             data = ["data.val_size=10000"]
         overrides = [f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_epochs={args.epochs}", *data]
         order = sorted({"median", "nop", *args.pruners}, key=lambda name: (name != args.first, name))
-        runs = {name: search(name, overrides, args.out / f"{stamp}_{name}") for name in order}
+        rounds: dict[str, list[dict]] = {name: [] for name in order}
+        for r in range(args.rounds):
+            for name in order if r % 2 == 0 else order[::-1]:
+                rounds[name].append(search(name, overrides, args.out / f"{stamp}_{name}{f'_{r}' if r else ''}"))
+        runs = {name: summed(found) for name, found in rounds.items()}
     median, nop = runs["median"], runs["nop"]
     report = {"trials": args.trials, "epochs": args.epochs, "data": "generated" if args.tiny else "Fashion-MNIST",
+              "rounds": args.rounds,
               "order": order, "runs": runs, "wall_ratio": round(median["wall_s"] / nop["wall_s"], 3),
               "cpu_ratio": round(median["cpu_s"] / nop["cpu_s"], 3),
               "epoch_ratio": round(median["epochs"] / nop["epochs"], 3),
@@ -136,11 +155,12 @@ def main() -> None:
               "against_nop": {name: against(run, nop) for name, run in runs.items() if name != "nop"}}
     report["replay_of_nop"] = {name: replay(Path(nop["sweep"]), *spec) for name, spec in REPLAYS.items()}
     write_json(args.out / "search_bench.json", report)
-    print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, run in this order:")
-    print(f"{'pruner':<8}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials")
+    print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, {args.rounds} round(s), "
+          f"the first in this order (times summed over the rounds):")
+    print(f"{'pruner':<11}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials; wall s of each round")
     for name, run in runs.items():
-        print(f"{name:<8}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
-              f"{run['epochs']:>8}  {run['trials']}")
+        print(f"{name:<11}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
+              f"{run['epochs']:>8}  {run['trials']}; {run['rounds_wall_s']}")
     for name, r in report["against_nop"].items():
         print(f"{name}/nop: wall time {r['wall']:.3f}, CPU time {r['cpu']:.3f}, epochs {r['epochs']:.3f}, "
               f"best val/acc {r['best_val_acc_diff']:+.4f}")
