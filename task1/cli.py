@@ -8,6 +8,7 @@ today's `conf/`, so they train exactly what the run trained.
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -27,6 +28,14 @@ def fail(error: Task1Error) -> NoReturn:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("task1").error("%s", error)
     sys.exit(1)
+
+
+def show(text: str) -> None:
+    """Print `text`; a reader that stops early (`task1-train --help | head`) ends it quietly, as Unix tools do."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # Python's own advice: stdout to /dev/null, so that its flush at exit fails no more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def exit_on_error(entry):

@@ -76,7 +76,7 @@ def job(cfg: DictConfig, multirun: bool) -> float | None:
 @cli.exit_on_error
 def main() -> None:
     if any(a in ("--help", "-h") for a in sys.argv[1:]):
-        print(cli.train_help())
+        cli.show(cli.train_help())
         return
     sys.argv = cli.train_argv(sys.argv)  # a saved run's folder (rerun, resume=) -> its own config
     run()

@@ -1,6 +1,7 @@
 """The command line: answers that import no Lightning, console scripts, and the Lightning short-cuts' check."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,3 +118,16 @@ def test_declared_versions_admit_what_the_code_needs():
     assert "weights_only" in inspect.signature(L.Trainer.fit).parameters
     assert not deps["lightning"].specifier.contains("2.5.9") and deps["lightning"].specifier.contains("2.6.0")
     assert deps["lightning"].specifier.contains(L.__version__)
+
+
+
+def test_help_read_only_in_part_ends_quietly():
+    # `task1-train --help | head -3`, at its harshest: the reader has gone before the first line is written
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run([sys.executable, "-m", "task1.train", "--help"], cwd=ROOT, stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
