@@ -208,7 +208,7 @@ def test_sampled_values_reach_the_job_as_they_were(value):
 @pytest.mark.slow
 def test_tiny_search_benchmark_runs_both_searches(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_bench.py"), "--tiny", "--first", "nop",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                             "--rounds", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     bench = json.loads((tmp_path / "search_bench.json").read_text())
     median, nop = bench["runs"]["median"], bench["runs"]["nop"]
@@ -216,7 +216,12 @@ def test_tiny_search_benchmark_runs_both_searches(tmp_path):
     assert sum(median["trials"].values()) == 4 and median["epochs"] <= 8
     assert bench["wall_ratio"] == pytest.approx(median["wall_s"] / nop["wall_s"], abs=1e-3)
     assert min(median["cpu_s"], nop["cpu_s"]) > 0 and bench["order"] == ["nop", "median"]
+    assert nop["rounds_epochs"] == [8, 8] and median["rounds_epochs"] == [median["epochs"]] * 2  # seeded: alike
+    assert nop["wall_s"] == pytest.approx(sum(nop["rounds_wall_s"]), abs=0.15)
     assert "median/nop: wall time" in result.stdout
+    # the replay of the unpruned trials through a pruner that prunes nothing leaves all of them
+    assert bench["replay_of_nop"]["median 5/0 (default)"] == {"pruned": 0, "epochs": 1.0, "time": 1.0,
+                                                               "best_val_acc": nop["best_val_acc"]}
 
 
 def test_training_and_hydra_start_import_no_optuna():
