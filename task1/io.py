@@ -4,6 +4,7 @@ dotted keys."""
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import socket
@@ -60,7 +61,8 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
 
     A second process that asks for the folder meanwhile gets FolderInUseError at once, naming the holder, instead of
     training into the same files. The lock is the kernel's (flock; on NFS the client takes it on the server), so
-    it ends with the process however that ends: a killed run leaves no stale lock. The file stays.
+    it ends with the process however that ends: a killed run leaves no stale lock. The file stays. Where the file
+    system has no locks, the block runs unguarded, with a warning.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,10 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
         except BlockingIOError:
             holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
             raise FolderInUseError(f"{folder} is in use by {holder}: wait for it to end (or stop it), then run this "
-                              f"again.") from None
+                                   f"again.") from None
+        except OSError as e:  # a file system without locks (ENOLCK, EOPNOTSUPP): go on, unguarded, and say so
+            logging.getLogger("task1").warning("%s cannot be locked here (%s): nothing stops a second process from "
+                                               "training into it at the same time", folder, e.strerror or e)
         os.ftruncate(fd, 0)
         os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
                  .encode())

@@ -274,3 +274,16 @@ def test_a_sweep_started_again_leaves_a_job_that_another_process_runs_to_it(args
 
     multirun(*command)  # the holder has ended: its job goes on from its checkpoint now
     assert [json.loads((sweep / j / "metrics.json").read_text())["status"] for j in "01"] == ["completed"] * 2
+
+
+def test_a_folder_on_a_file_system_without_locks_is_used_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)  # what an NFS mount without its lock service answers
+    with hold(tmp_path / "run"):
+        (tmp_path / "run" / "metrics.json").write_text("{}")
+    assert f"{tmp_path / 'run'} cannot be locked here (No locks available)" in caplog.text
