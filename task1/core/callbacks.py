@@ -61,14 +61,14 @@ class Pruning(L.Callback):
             return
         prune = False
         if trainer.is_global_zero and self.trial is not None:
-            value = trainer.callback_metrics.get(self.metric)
+            value = pl_module.validated(self.metric)  # the value metrics.json keeps, so that the study's agrees
             if value is None:  # e.g. test/acc: the trial gets its final value, it just cannot be pruned
                 log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
                             "(after each epoch: %s)", self.metric, ", ".join(sorted(trainer.callback_metrics)))
                 self.trial = None
             else:
                 epoch = trainer.current_epoch
-                self.trial.report(float(value), epoch)
+                self.trial.report(value, epoch)
                 prune = epoch + 1 < trainer.max_epochs and self.trial.should_prune()
         self.pruned = bool(trainer.strategy.broadcast(prune))
         if self.pruned:

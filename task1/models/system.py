@@ -94,6 +94,11 @@ class System(QuietHooks, L.LightningModule):
         """The metric that picks the best checkpoint, and whether higher is better."""
         return ("val/acc", "max") if self.classify else ("val/loss", "min")
 
+    def validated(self, key: str) -> float | None:
+        """`key` (e.g. `val/acc`) from the validation that has just ended, as exact as the history keeps it (the
+        logged value Lightning holds is float32); None when validation does not measure it."""
+        return self._last.get("val", {}).get(key)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.net(X)
 
