@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from task1 import cli
+from task1.core.runs import run_dir
 from task1.io import FolderInUseError, hold
 from task1.sweeps import folders  # registers the resolver that names sweep job folders (see there)
 
@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> float | None:
     to the process that holds it."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        with contextlib.nullcontext() if other_rank() else hold(Path(cfg.get("resume") or cfg.output_dir)):
+        with contextlib.nullcontext() if other_rank() else hold(run_dir(cfg)):
             return job(cfg, multirun)
     except FolderInUseError as e:
         if not multirun:

@@ -26,7 +26,7 @@ from task1.core.config import validate
 from task1.core.ddp import prepare_ddp_relaunch
 from task1.core.hparams import log_hparams
 from task1.core.provenance import provenance
-from task1.core.runs import check_resume, check_run_folder, failure_metrics
+from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir
 from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
@@ -66,7 +66,7 @@ def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
 
 def run_folder(cfg: DictConfig) -> tuple[Path, Path | None]:
     """The run folder, made; when resuming, the checkpoint to go on from (a finished run is never trained over)."""
-    out = Path(cfg.get("resume") or cfg.output_dir)
+    out = run_dir(cfg)
     resume_from = check_run_folder(out, resuming=cfg.get("resume") is not None)
     out.mkdir(parents=True, exist_ok=True)
     return out, resume_from

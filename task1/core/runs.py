@@ -54,6 +54,11 @@ class WritableFolder(Callback):
                                 f"another with {key}=<folder>, or free space / fix the permissions."))
 
 
+def run_dir(cfg: DictConfig) -> Path:
+    """The folder a run trains into: the run it resumes, else its own output_dir."""
+    return Path(cfg.get("resume") or cfg.output_dir)
+
+
 def check_run_folder(out: Path, resuming: bool) -> Path | None:
     """Refuse to train over an earlier run; when resuming, return the checkpoint to go on from."""
     metrics, last = out / "metrics.json", out / "checkpoints" / "last.ckpt"
