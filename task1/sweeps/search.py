@@ -15,7 +15,6 @@ all. Job folders are named by trial number. One sweeper runs a study at a time.
 
 import logging
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import Trial, TrialState
 
-from task1 import Task1Error
+from task1 import Task1Error, cli
 from task1.io import write_atomic
 
 log = logging.getLogger("task1")
@@ -127,8 +126,7 @@ class Search(Sweeper):
         try:
             self._search(arguments)
         except Task1Error as e:  # a mistake in the search's set-up: one line, as for a job (task1.train.run)
-            log.error("%s", e)
-            sys.exit(1)
+            cli.fail(e)
 
     def _check(self) -> None:
         if self.direction not in ("maximize", "minimize"):
