@@ -146,14 +146,13 @@ def main() -> None:
             for name in order if r % 2 == 0 else order[::-1]:
                 rounds[name].append(search(name, overrides, args.out / f"{stamp}_{name}{f'_{r}' if r else ''}"))
         runs = {name: summed(found) for name, found in rounds.items()}
-    median, nop = runs["median"], runs["nop"]
+    nop = runs["nop"]
+    against_nop = {name: against(run, nop) for name, run in runs.items() if name != "nop"}
+    median = against_nop["median"]
     report = {"trials": args.trials, "epochs": args.epochs, "data": "generated" if args.tiny else "Fashion-MNIST",
-              "rounds": args.rounds,
-              "order": order, "runs": runs, "wall_ratio": round(median["wall_s"] / nop["wall_s"], 3),
-              "cpu_ratio": round(median["cpu_s"] / nop["cpu_s"], 3),
-              "epoch_ratio": round(median["epochs"] / nop["epochs"], 3),
-              "best_val_acc_diff": round((median["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4),
-              "against_nop": {name: against(run, nop) for name, run in runs.items() if name != "nop"}}
+              "rounds": args.rounds, "order": order, "runs": runs, "wall_ratio": median["wall"],
+              "cpu_ratio": median["cpu"], "epoch_ratio": median["epochs"],
+              "best_val_acc_diff": median["best_val_acc_diff"], "against_nop": against_nop}
     report["replay_of_nop"] = {name: replay(Path(nop["sweep"]), *spec) for name, spec in REPLAYS.items()}
     write_json(args.out / "search_bench.json", report)
     print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, {args.rounds} round(s), "
