@@ -51,6 +51,15 @@ def write_json(path: str | os.PathLike, data: dict) -> None:
     write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from `path`; {} where there is none (no file yet, or not a JSON object)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class FolderInUseError(Task1Error):
     """Another process holds the folder (see `hold`)."""
 

@@ -6,7 +6,6 @@ within a second or two; the training core is imported once the config has passed
 
 import contextlib
 import logging
-import os
 import sys
 import time
 
@@ -33,12 +32,6 @@ def train(cfg: DictConfig) -> dict:
     return build.train(cfg)
 
 
-def other_rank() -> bool:
-    """A process that a launcher (Lightning's DDP, torchrun, srun) started as a rank other than 0 of a job: it
-    trains into the folder that rank 0 holds."""
-    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
 @cli.exit_on_error
 def run(cfg: DictConfig) -> float | None:
@@ -48,7 +41,7 @@ def run(cfg: DictConfig) -> float | None:
     to the process that holds it."""
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
-        with contextlib.nullcontext() if other_rank() else hold(run_dir(cfg)):
+        with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
             return job(cfg, multirun)
     except FolderInUseError as e:
         if not multirun:

@@ -200,6 +200,7 @@ def test_a_diverging_run_stops_at_once_and_keeps_the_last_good_checkpoint(make_c
     step = int(re.search(r"at step (\d+)", str(e.value)).group(1))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == str(e.value)
+    assert metrics["repeats"] is True  # seeded: it would diverge at the same step again (a sweep does not retrain it)
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == step - 1  # the step before: every step wrote a checkpoint until then
     assert all(v.isfinite().all() for v in last["state_dict"].values())

@@ -78,12 +78,31 @@ def test_what_a_job_does_with_what_its_folder_holds(make_cfg, tmp_path, caplog):
     a_job(tmp_path / "killed", None, checkpoint=True)
     assert continue_job(cfg) is None and cfg.resume == str(tmp_path / "killed")  # the single-run resume path
 
+    # a failure that may pass (a timeout, a signal, a node lost, a refused resume): its checkpoint is never
+    # deleted, the job goes on from it
     cfg = make_cfg(f"output_dir={tmp_path / 'failed'}", "logger=csv")
     a_job(tmp_path / "failed", "failed", cfg, checkpoint=True)
     (tmp_path / "failed" / "csv").mkdir()
+    assert continue_job(cfg) is None and cfg.resume == str(tmp_path / "failed")
+    assert (tmp_path / "failed" / "checkpoints" / "last.ckpt").read_bytes() == b"stand-in"
+    assert "resuming from" in caplog.text and "(failed: ValueError: x before)" in caplog.text
+
+    # stopped before its first checkpoint: nothing of value to keep, it starts afresh
+    cfg = make_cfg(f"output_dir={tmp_path / 'early'}", "logger=csv")
+    a_job(tmp_path / "early", "failed", cfg)
+    (tmp_path / "early" / "csv").mkdir()
     assert continue_job(cfg) is None and cfg.resume is None
-    assert sorted(p.name for p in (tmp_path / "failed").iterdir()) == ["config_resolved.yaml"]  # afresh
-    assert "starting again from the beginning (failed: ValueError: x before)" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "early").iterdir()) == ["config_resolved.yaml"]  # afresh
+    assert "starting again from the beginning (failed: ValueError: x before; no checkpoint)" in caplog.text
+
+    # a seeded divergence fails the same way every time: reported, not trained again, its files kept
+    cfg = make_cfg(f"output_dir={tmp_path / 'diverged'}")
+    a_job(tmp_path / "diverged", "failed", cfg, checkpoint=True)
+    metrics = json.loads((tmp_path / "diverged" / "metrics.json").read_text())
+    (tmp_path / "diverged" / "metrics.json").write_text(json.dumps({**metrics, "repeats": True}))
+    assert continue_job(cfg)["status"] == "failed" and cfg.resume is None
+    assert "not trained again: it failed in an earlier start of this sweep and would fail the same way" in caplog.text
+    assert f"To try it again: delete {tmp_path / 'diverged' / 'metrics.json'}" in caplog.text
 
 
 def test_resume_of_a_sweep_folder_is_its_command_again(tmp_path):

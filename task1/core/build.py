@@ -17,13 +17,14 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import plots
-from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning
+from task1.core import ddp
+from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning, StopOnRequest
 from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
 from task1.core.config import validate
-from task1.core.ddp import prepare_ddp_relaunch
 from task1.core.hparams import log_hparams
 from task1.core.provenance import provenance
 from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir
@@ -149,9 +150,15 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
-        prepare_ddp_relaunch(out, cfg.get("resume"))
+        ddp.prepare_ddp_relaunch(out, cfg.get("resume"))
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # task1's launcher owns requeue and resume on SLURM (task1.sweeps.slurm): Lightning's own auto-requeue
+        # would write hpc_ckpt files that a later fit and test load in place of the run's weights
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        callbacks = [*callbacks, StopOnRequest()]
+    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=plugins,
                        default_root_dir=str(out), deterministic=cfg.seed is not None, **profiler)
 
 
@@ -183,6 +190,8 @@ def train(cfg: DictConfig) -> dict:
         if error is None:
             raise
         raise error from None
+    finally:
+        ddp.restore()  # the next job in this process starts without this one's process group and environment
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})

@@ -4,6 +4,7 @@ checkpoints.py."""
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,9 +17,13 @@ from task1 import Task1Error, plots
 log = logging.getLogger("task1")
 
 
-def diverged_message(epoch: int, step: int, what: str) -> str:
-    return (f"Training diverged: {what} in epoch {epoch + 1} at step {step} (optimizer steps since the start). "
-            f"Lower the learning rate (optimizer.lr) and start again; the last good checkpoint is kept.")
+class DivergedError(Task1Error):
+    """The loss or the weights stopped being finite: with a seed, the same run diverges again at the same step."""
+
+    def __init__(self, epoch: int, step: int, what: str):
+        super().__init__(f"Training diverged: {what} in epoch {epoch + 1} at step {step} (optimizer steps since the "
+                         f"start). Lower the learning rate (optimizer.lr) and start again; the last good checkpoint "
+                         f"is kept.")
 
 
 class FiniteLoss(L.Callback):
@@ -40,7 +45,35 @@ class FiniteLoss(L.Callback):
         value = loss.item()
         if not math.isfinite(value):
             where = "" if loss.device.type == "cpu" else f" (checked every {self.gpu_every} steps on a GPU)"
-            raise Task1Error(diverged_message(trainer.current_epoch, step, f"the loss is {value}{where}"))
+            raise DivergedError(trainer.current_epoch, step, f"the loss is {value}{where}")
+
+
+class StopOnRequest(L.Callback):
+    """Ends training at the end of the current batch once `request(why)` was called, the way Lightning ends it
+    on SIGTERM: `checkpoints/last.ckpt` is written and metrics.json says `interrupted`, so the run resumes
+    exactly. A signal handler calls `request` (task1.sweeps.slurm: the cluster's warning before a time limit or
+    a preemption); the request is kept until the process ends, so one that comes before training starts stops
+    it after its first batch. Under DDP the ranks agree on the batch (one all-reduce per batch).
+    """
+
+    requested: str | None = None  # why, for the log: "SIGUSR2: preempted"
+    at = 0.0  # from when (time.time()) on
+
+    @classmethod
+    def request(cls, why: str, at: float | None = None) -> None:
+        """Stop at the end of the first batch that ends after `at` (default: now)."""
+        cls.requested, cls.at = why, time.time() if at is None else at
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        stop = self.requested is not None and time.time() >= self.at
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            from task1.core.shortcuts import stop_as_on_sigterm
+
+            log.info("stopping at the end of batch %d of epoch %d (%s): writing the checkpoint",
+                     batch_idx + 1, trainer.current_epoch + 1, self.requested or "another rank was asked to")
+            stop_as_on_sigterm(trainer)
 
 
 class Pruning(L.Callback):

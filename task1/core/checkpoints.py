@@ -11,7 +11,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from task1 import Task1Error
-from task1.core.callbacks import diverged_message
+from task1.core.callbacks import DivergedError
 from task1.io import atomic_open
 
 
@@ -44,8 +44,8 @@ class LastCheckpoint(Checkpoint):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         bad = [k for k, v in checkpoint["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
         if bad:
-            raise Task1Error(diverged_message(trainer.current_epoch, trainer.global_step,
-                                              f"the weights {', '.join(bad)} are not finite"))
+            raise DivergedError(trainer.current_epoch, trainer.global_step,
+                                f"the weights {', '.join(bad)} are not finite")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

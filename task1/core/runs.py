@@ -119,6 +119,10 @@ def _show(value) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
+class InterruptedRunError(Task1Error):
+    """A run stopped by a signal, its latest state in checkpoints/last.ckpt: it resumes."""
+
+
 def _stopped_by_signal(error: BaseException) -> bool:
     """SIGTERM (Lightning raises SIGTERMException), or Ctrl-C (Lightning exits on it)."""
     lightning_errors = sys.modules.get("lightning.pytorch.utilities.exceptions")  # no fit, no Lightning loaded
@@ -136,17 +140,22 @@ def failure_metrics(error: BaseException, history: list, seed: int | None,
         status = "interrupted"
         reason = (f"Stopped by a signal during epoch {len(history) + 1} (checkpoints/last.ckpt holds the latest "
                   f"state). Continue with: python -m task1.train resume={out}")
-        replacement = Task1Error(reason)
+        replacement = InterruptedRunError(reason)
     else:
         status, reason = "failed", f"{type(error).__name__}: {error}"
     metrics = {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {},
                "history": history}
+    if seed is not None and type(error).__name__ == "DivergedError":
+        metrics["repeats"] = True  # seeded, it diverges again at the same step: a sweep does not retrain it
     return metrics, replacement
 
 
 def record_failure(cfg: DictConfig, error: Exception, seconds: float, rank: int = 0) -> None:
     """Log a failed sweep job; make sure its metrics.json says so, for the sweep report."""
-    log.error("job failed: %s", str(error).strip().split("\n")[0], exc_info=not isinstance(error, Task1Error))
+    if isinstance(error, InterruptedRunError):
+        log.warning("job stopped: %s", error)
+    else:
+        log.error("job failed: %s", str(error).strip().split("\n")[0], exc_info=not isinstance(error, Task1Error))
     out = Path(cfg.output_dir)
     if rank == 0 and not (out / "metrics.json").exists():  # train() records failures in fit itself
         out.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,17 @@ def store_signature(method) -> None:
     method.__signature__ = inspect.signature(method)
 
 
+def stop_as_on_sigterm(trainer: L.Trainer) -> None:
+    """End training after this batch as Lightning does on SIGTERM (it raises SIGTERMException at the end of the
+    batch, and the checkpoint callback saves), without sending a signal: Lightning's SIGTERM handler makes a
+    collective call under DDP from inside the handler, which can pair with another rank's gradient all-reduce.
+
+    Relies on: `trainer._signal_connector.received_sigterm` is the flag the training loops read at the end of
+    each batch (`training_epoch_loop.on_advance_end`).
+    """
+    trainer._signal_connector.received_sigterm = True
+
+
 def check() -> list[str]:
     """What the short-cuts rely on that this Lightning no longer has: an empty list when all is in place."""
     from lightning.pytorch.trainer import call
@@ -83,6 +94,12 @@ def check() -> list[str]:
     def one_arg(batch):
         pass
 
+    from lightning.pytorch.loops import training_epoch_loop
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    if "received_sigterm" not in vars(_SignalConnector(None)) or "self.trainer.received_sigterm" not in \
+            inspect.getsource(training_epoch_loop._TrainingEpochLoop.on_advance_end):
+        problems.append("the training loop no longer ends on _SignalConnector.received_sigterm at a batch's end")
     one_arg.__signature__ = inspect.signature(lambda batch, batch_idx: None)
     if not is_param_in_hook_signature(one_arg, "batch_idx"):
         problems.append("Lightning's hook-signature check no longer reads a stored __signature__")

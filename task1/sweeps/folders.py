@@ -4,17 +4,23 @@ A job's folder is chosen by the `task1.job_folder` resolver (`hydra.sweep.subdir
 before Hydra writes the job's `.hydra/` into it: the folder whose `.hydra/overrides.yaml` holds this job's
 overrides, when an earlier start of the sweep made one; else `<job number>` as in any fresh sweep; else, when
 that number belongs to another job (a value was added to a swept list), the next free number. Then, in the
-job, `continue_job` reads what the folder holds: a completed job is reused, an interrupted one resumes from its
-`checkpoints/last.ckpt`, a failed one starts afresh.
+job, `continue_job` reads what the folder holds: a completed job is reused, one that stopped (interrupted, killed,
+failed for a reason that may pass) resumes from its `checkpoints/last.ckpt`, a seeded divergence (it would fail the
+same way) is reported and not trained again, and a job with no checkpoint starts afresh. Nothing here deletes a
+checkpoint. Folders are claimed under a lock (`<sweep>/.claims.lock`), and only rank 0 of a job claims and decides:
+the other ranks of a multi-task SLURM job find the folder and follow the decision rank 0 wrote into it.
 
 The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): the task
 function refers to this module, so unpickling it there imports the module, which registers the resolver.
 """
 
+import contextlib
+import fcntl
 import itertools
-import json
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import yaml
@@ -23,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
+from task1.io import read_json, write_json
 
 log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
@@ -39,17 +46,55 @@ def saved_overrides(folder: Path) -> list[str] | None:
     return [str(o) for o in saved] if isinstance(saved, list) else None
 
 
-def job_folder(sweep: Path, num: int, overrides: list[str]) -> str:
-    """The folder, relative to `sweep`, of the job with these `overrides` (see the module's docstring)."""
-    wanted = sorted(overrides)  # the same command typed in another order is the same job
+def other_rank() -> bool:
+    """A process that a launcher (Lightning's DDP, torchrun, srun) started as a rank other than 0 of a job: it
+    trains into the folder that rank 0 holds."""
+    return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on `path` for the block, waited for (the kernel's flock: it ends with the process)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: unguarded, as task1.io.hold
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _find(sweep: Path, wanted: list[str]) -> tuple[str | None, list[int]]:
     numbers = []
     for folder in sorted(p for p in sweep.glob("*") if p.is_dir()):
         saved = saved_overrides(folder)
         if saved is not None and sorted(saved) == wanted:
-            return folder.name
+            return folder.name, numbers
         if folder.name.isdigit():
             numbers.append(int(folder.name))
-    sweep.mkdir(parents=True, exist_ok=True)
+    return None, numbers
+
+
+def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600) -> str:
+    """The folder, relative to `sweep`, of the job with these `overrides` (see the module's docstring).
+
+    A rank other than 0 never claims: it waits (up to `wait_s`) for the folder its rank 0 claims."""
+    wanted = sorted(overrides)  # the same command typed in another order is the same job
+    if other_rank():
+        deadline = time.monotonic() + wait_s
+        while (found := _find(sweep, wanted)[0]) is None:
+            if time.monotonic() > deadline:
+                raise Task1Error(f"rank {os.environ.get('SLURM_PROCID', '?')} of job {num}: rank 0 made no folder "
+                                 f"for it in {sweep} within {wait_s:.0f} s.")
+            time.sleep(0.5)
+        return found
+    with _locked(sweep / ".claims.lock"):  # one claim at a time: two jobs never take one number or one job two
+        found, numbers = _find(sweep, wanted)
+        return found if found is not None else _claim(sweep, num, overrides, numbers)
+
+
+def _claim(sweep: Path, num: int, overrides: list[str], numbers: list[int]) -> str:
     for n in itertools.chain([num], itertools.count(max(numbers, default=-1) + 1)):
         try:
             (sweep / str(n)).mkdir()  # atomic: two new jobs running at once never take the same number
@@ -74,42 +119,119 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver(RESOLVER, _resolve_job_folder, replace=True)
 
 
+def held(folder: Path) -> bool:
+    """Whether a live process holds `folder` (task1.io.hold's lock): its job is under way elsewhere."""
+    try:
+        fd = os.open(folder / ".lock", os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing the descriptor releases a lock taken here
+    return False
+
+
+def read_metrics(folder: Path) -> dict:
+    return read_json(folder / "metrics.json")
+
+
+def ended(metrics: dict) -> bool:
+    """A job that is over: completed, stopped by a sweeper, or failed in a way that would repeat."""
+    return metrics.get("status") in ("completed", "pruned") or (metrics.get("status") == "failed"
+                                                                and bool(metrics.get("repeats")))
+
+
+def needs_work(folder: Path) -> bool:
+    """Whether the job of `folder` has anything left to train: false for a job that is over, or that a live
+    process holds (a launcher submits neither)."""
+    return not ended(read_metrics(folder)) and not held(folder)
+
+
 def continue_job(cfg: DictConfig) -> dict | None:
     """What a sweep job does with what its folder holds from an earlier start of the sweep.
 
-    Returns the stored metrics of a job that ended (completed, or stopped by a sweeper): it is reused, not
-    trained again. Otherwise returns None and the job trains: on from `checkpoints/last.ckpt` when it was
-    interrupted after one (`cfg.resume` is set, the single-run resume path), else afresh (a failed job's
-    results and checkpoints are cleared first).
+    Returns the stored metrics of a job that is over (see `ended`): it is reused, not trained again. Otherwise
+    returns None and the job trains: on from `checkpoints/last.ckpt` when there is one, whatever stopped it
+    (`cfg.resume` is set: the single-run resume path), else afresh (what a start before its first checkpoint
+    left, metrics and logger files, is cleared first). The other ranks of a multi-task job follow rank 0.
     """
     out = Path(cfg.output_dir)
-    path, last = out / "metrics.json", out / "checkpoints" / "last.ckpt"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    status = metrics.get("status")
-    if status in (None, "interrupted") and last.is_file():
-        log.info("%s: resuming from %s", out, last)
-        cfg.resume = str(out)
-        return None
-    if status in (None, "interrupted", "failed"):
-        if status or (out / "config_resolved.yaml").exists():  # it started before
-            before = f"{status}: {(metrics.get('error') or '').partition(chr(10))[0]}" if status else "no checkpoint"
-            log.info("%s: starting again from the beginning (%s before)", out, before)
-        _clear(out, cfg)
-        return None
-    saved = out / "config_resolved.yaml"
-    if saved.is_file():
-        changes = config_changes(cfg, yaml.safe_load(saved.read_text()), REUSE_MAY_CHANGE)
-        if changes:
-            raise Task1Error(f"job {out} has {status} with another config than this job's (conf/ changed since?):"
-                             f" {changes}. Start the sweep in a new folder, or delete {out} to train it again.")
-    log.info("%s: reused, %s in an earlier start of this sweep (not trained again)", out, status)
+    if other_rank():
+        return _follow_rank_zero(cfg, out)
+    metrics = _decide(cfg, out)
+    _tell_other_ranks(out, cfg.get("resume"), metrics is not None)
     return metrics
 
 
+def _decide(cfg: DictConfig, out: Path) -> dict | None:
+    last = out / "checkpoints" / "last.ckpt"
+    metrics = read_metrics(out)
+    status = metrics.get("status")
+    first = (metrics.get("error") or "").partition("\n")[0].partition(" (")[0].partition(". ")[0]
+    before = f"{status}: {first}" if status else "no record of its end"
+    if ended(metrics):
+        saved = out / "config_resolved.yaml"
+        if saved.is_file():
+            changes = config_changes(cfg, yaml.safe_load(saved.read_text()), REUSE_MAY_CHANGE)
+            if changes:
+                raise Task1Error(f"job {out} has {status} with another config than this job's (conf/ changed "
+                                 f"since?): {changes}. Start the sweep in a new folder, or delete {out} to train it "
+                                 f"again.")
+        if status == "failed":
+            log.warning("%s: not trained again: it failed in an earlier start of this sweep and would fail the "
+                        "same way (%s). To try it again: delete %s (it then resumes from its last checkpoint).",
+                        out, before, out / "metrics.json")
+        else:
+            log.info("%s: reused, %s in an earlier start of this sweep (not trained again)", out, status)
+        return metrics
+    if last.is_file():
+        log.info("%s: resuming from %s (%s before)", out, last, before)
+        cfg.resume = str(out)
+        return None
+    if status or (out / "config_resolved.yaml").exists():  # it started before, and stopped before a checkpoint
+        log.info("%s: starting again from the beginning (%s before; no checkpoint)", out, before)
+    _clear(out, cfg)
+    return None
+
+
+def _token() -> str | None:
+    """What names this start of a multi-task SLURM job, the same in all of its ranks (None: not one)."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) < 2 or "SLURM_JOB_ID" not in os.environ:
+        return None
+    return ".".join(os.environ.get(k, "0") for k in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT"))
+
+
+def _tell_other_ranks(out: Path, resume: str | None, reused: bool) -> None:
+    token = _token()
+    if token is not None:
+        write_json(out / ".decision.json", {"token": token, "resume": resume, "reused": reused})
+
+
+def _follow_rank_zero(cfg: DictConfig, out: Path, wait_s: float = 600) -> dict | None:
+    token, deadline = _token(), time.monotonic() + wait_s
+    while True:
+        decision = read_json(out / ".decision.json")
+        if token is None or decision.get("token") == token:
+            break
+        if time.monotonic() > deadline:
+            raise Task1Error(f"{out}: rank 0 of this job decided nothing within {wait_s:.0f} s.")
+        time.sleep(0.2)
+    if decision.get("reused"):
+        return read_metrics(out)
+    cfg.resume = decision.get("resume")
+    return None
+
+
 def _clear(out: Path, cfg: DictConfig) -> None:
-    """Remove what an earlier, unfinished attempt left: its metrics, checkpoints and logger files."""
+    """Remove what an earlier attempt that stopped before its first checkpoint left: its metrics and logger
+    files (there is no checkpoint: nothing of value is lost)."""
     (out / "metrics.json").unlink(missing_ok=True)
-    folders = [out / "checkpoints"]
+    folders = []
     if cfg.get("logger") and cfg.logger.get("name"):
         folders.append(Path(cfg.logger.save_dir) / cfg.logger.name)
     for folder in folders:

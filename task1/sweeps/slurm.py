@@ -1,0 +1,416 @@
+"""Sweeps on SLURM (`hydra/launcher=slurm`): submitit's launcher, with task1 owning what a cluster does to jobs.
+
+- Resources follow the run: one task per device under `trainer=ddp`, `threads` CPUs a task, the GPUs `trainer=gpu`
+  asks for, 4 GB a task; the preset's fields override each (`conf/hydra/launcher/slurm.yaml`). Jobs that ask for
+  different resources go in separate arrays.
+- Only the jobs that need work are submitted: a job that is over (task1.sweeps.folders.ended) or held by a live
+  process is run here, where it reuses what its folder holds (or is left to its holder) at once.
+- The time-limit warning and preemption (SIGUSR2, or SIGUSR1) stop the run at the end of a batch with its
+  checkpoint written; the job requeues itself and resumes, the submitting command waiting for it all along.
+  SLURM sends the warning up to a minute early: the run goes on until `signal_delay_s` before the limit. SIGTERM
+  (scancel, `scontrol requeue`, SLURM's preemption) also checkpoints; the job ends without a result, and SLURM
+  requeues it or not. Lightning's own SLURM requeue is off (task1.core.build).
+- The command waits by reading the jobs' result files and `squeue`, never `sacct`: a job that ends without a
+  result (killed, out of memory, node lost, cancelled) is reported within seconds, with or without an
+  accounting database, and its folder keeps its checkpoints for the next start, which resumes it.
+- A request the cluster refuses, or a job pending for a reason that cannot clear, ends in one line naming the
+  launcher's field; Ctrl-C says how to watch, collect and cancel the jobs, which go on.
+"""
+
+import contextlib
+import io
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from task1 import Task1Error, cli, error_line
+from task1.io import write_json
+from task1.sweeps import folders
+
+log = logging.getLogger("task1")
+MEM_GB_PER_TASK = 4  # a Fashion-MNIST job's process holds about 1.5 GB
+ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+         "SUSPENDED", "SIGNALING", "STAGE_OUT", "STOPPED", "SPECIAL_EXIT", "RESV_DEL_HOLD"}
+# pending reasons that no amount of waiting clears: the request does not fit the partition or the account
+NEVER_CLEARS = re.compile(r"PartitionConfig|PartitionNodeLimit|PartitionTimeLimit|BadConstraints|InvalidAccount|"
+                          r"InvalidQOS|DependencyNeverSatisfied|PerJob")
+# words of sbatch's refusals -> the launcher field that asked for it
+REFUSALS = (("gres", "gpus_per_node"), ("generic resource", "gpus_per_node"), ("memory", "mem_gb"),
+            ("partition", "partition"), ("time limit", "timeout_min"), ("account", "account"), ("qos", "qos"),
+            ("node configuration", "cpus_per_task"), ("cpu", "cpus_per_task"), ("task", "tasks_per_node"))
+# the launcher's fields that submitit does not take as an sbatch parameter
+OWN = ("submitit_folder", "max_num_timeout")
+SHOWN = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
+
+
+def resources(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """The launcher's parameters for the job `cfg`: each field left null follows the run."""
+    p = {k: v for k, v in params.items() if k not in OWN}
+    trainer = cfg.trainer
+    devices = trainer.get("devices")
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    ddp = str(trainer.get("strategy") or "").startswith("ddp")
+    if p.get("nodes") is None:
+        p["nodes"] = int(trainer.get("num_nodes") or 1) if ddp else 1
+    if p.get("tasks_per_node") is None:
+        p["tasks_per_node"] = devices if ddp else 1
+    if p.get("cpus_per_task") is None:
+        p["cpus_per_task"] = cfg.get("threads") or 1
+    if p.get("gpus_per_node") is None:
+        p["gpus_per_node"] = devices if str(trainer.get("accelerator")) in ("gpu", "cuda") else None
+    if not p["gpus_per_node"]:
+        p["gpus_per_node"] = None  # no GPU: no gres request at all, which a CPU cluster would refuse
+    if p.get("mem_gb") is None:
+        p["mem_gb"] = MEM_GB_PER_TASK * p["tasks_per_node"]
+    p["signal_delay_s"] = signal_delay(params)
+    if p["nodes"] * p["tasks_per_node"] > 1:  # one rank that fails ends the others, which would wait for it
+        p["srun_args"] = [*(p.get("srun_args") or []), "--kill-on-bad-exit=1"]
+    return p
+
+
+def signal_delay(params: dict[str, Any]) -> int:
+    """Seconds before the time limit that a job is warned and stops: the preset's, else a quarter of the limit
+    up to 2 minutes."""
+    given = params.get("signal_delay_s")
+    return int(given) if given is not None else int(min(120, max(10, params["timeout_min"] * 60 // 4)))
+
+
+@dataclass
+class Job:
+    """One job of the sweep, as the submitting command follows it."""
+
+    num: int
+    overrides: list[str]
+    cfg: DictConfig
+    folder: Path
+    slurm: Any = None  # the submitit job, once submitted
+    ret: JobReturn | None = None
+    gone_since: float | None = None  # when squeue last had it running or waiting
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+class SlurmLauncher(Launcher):
+    """Hydra's launcher interface to SLURM through submitit (see the module's docstring)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                       for k, v in params.items()}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    # --- the submitting command
+
+    def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        setup_globals()
+        sweep = Path(str(self.config.hydra.sweep.dir))
+        sweep.mkdir(parents=True, exist_ok=True)
+        jobs = [self._job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        todo = [j for j in jobs if folders.needs_work(j.folder)]
+        for job in jobs:
+            if job not in todo:  # over, or under way elsewhere: the job itself says which, in a moment
+                job.ret = self._run_here(job)
+        if todo:
+            try:
+                self._submit(sweep, todo)
+            except Task1Error as e:  # one line, as for a job's mistake (task1.train.run)
+                cli.fail(e)
+            self._wait(sweep, todo)
+        else:
+            log.info("nothing to submit: the %d jobs are over or under way", len(jobs))
+        return [j.ret for j in jobs]
+
+    def _job(self, num: int, overrides: list[str]) -> Job:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg.hydra.job):
+            cfg.hydra.job.id, cfg.hydra.job.num = f"job_id_for_{num}", num
+        # resolving the subdir finds the job's folder, or claims one: the job's own process finds the same
+        return Job(num, overrides, cfg, Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+
+    def _run_here(self, job: Job) -> JobReturn:
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=job.cfg,
+                      job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        self._log_back()
+        return ret
+
+    def _log_back(self) -> None:
+        from hydra.core.utils import configure_log
+
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)  # off the last job's log
+
+    def _submit(self, sweep: Path, jobs: list[Job]) -> None:
+        import submitit
+
+        groups: dict[str, tuple[dict, list[Job]]] = {}
+        for job in jobs:
+            p = resources(job.cfg, self.params)
+            groups.setdefault(repr(sorted(p.items())), (p, []))[1].append(job)
+        submitted = []
+        try:
+            for p, group in groups.values():
+                executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster="slurm")
+                executor.update_parameters(**{k if k in BASE else f"slurm_{k}": v for k, v in p.items()
+                                              if v is not None})
+                check_fits(p)
+                log.info("submitting %d job%s to SLURM (%s)", len(group), "s" * (len(group) > 1), _asked(p))
+                try:
+                    with contextlib.redirect_stderr(io.StringIO()):  # submitit repeats sbatch's words there
+                        handles = executor.map_array(self, *zip(*[self._args(j) for j in group], strict=True))
+                except Exception as e:
+                    raise Task1Error(refusal(e, p)) from None
+                for job, handle in zip(group, handles, strict=True):
+                    job.slurm = handle
+                    submitted.append(handle.job_id)
+                    log.info("\t#%d %s: %s", job.num, handle.job_id, " ".join(filter_overrides(job.overrides)))
+        except Task1Error:
+            if submitted:
+                _run(["scancel", *submitted])
+            raise
+        log.info("waiting for %d SLURM job%s (squeue -j %s; logs in %s)", len(submitted),
+                 "s" * (len(submitted) > 1), ",".join(sorted({i.split("_")[0] for i in submitted})),
+                 sweep / ".submitit")
+
+    def _args(self, job: Job) -> tuple:
+        return job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state()
+
+    def _wait(self, sweep: Path, jobs: list[Job]) -> None:
+        start = time.monotonic()
+        try:
+            while pending := [j for j in jobs if j.ret is None]:
+                states = _states(j.slurm.job_id for j in pending)
+                for job in pending:
+                    self._poll(job, states.get(job.slurm.job_id))
+                if any(j.ret is None for j in jobs):
+                    time.sleep(min(30.0, max(1.0, (time.monotonic() - start) / 20)))
+        except KeyboardInterrupt:
+            ids = ",".join(sorted({j.slurm.job_id.split("_")[0] for j in jobs if j.ret is None}))
+            logging.getLogger("task1").error(
+                "Interrupted: the SLURM jobs go on (%s). Watch them: squeue -j %s (logs in %s). Collect them: run "
+                "this command again (finished jobs are reused, stopped ones resume). Cancel them: scancel %s",
+                ids, ids, sweep / ".submitit", ids)
+            sys.exit(130)
+
+    def _poll(self, job: Job, state: tuple[str, str] | None) -> None:
+        from submitit.core.utils import pickle_load
+
+        result = job.slurm.paths.result_pickle
+        if result.exists():
+            outcome, value = pickle_load(result)
+            if outcome == "success":
+                job.ret = value
+                return
+            job.ret = self._ended(job, f"its process raised: {value.strip().splitlines()[-1]}")
+            return
+        if state is not None and state[0] in ALIVE:
+            job.gone_since = None
+            if state[0] == "PENDING" and NEVER_CLEARS.search(state[1]):
+                _run(["scancel", job.slurm.job_id])
+                p = resources(job.cfg, self.params)
+                job.ret = self._ended(job, f"SLURM cannot run it: it waits for a reason that does not clear "
+                                           f"({state[1]}), so it was cancelled. It asked for {_asked(p)}. Fix "
+                                           f"{_field_for(state[1])}, then run the same command again")
+            return
+        # ended without a result, or unknown to squeue: give the result file a moment (a shared disk lags)
+        job.gone_since = job.gone_since or time.monotonic()
+        if time.monotonic() - job.gone_since > 10:
+            what = f"ended as {state[0]}" if state else "is no longer known to SLURM"
+            job.ret = self._ended(job, f"SLURM job {job.slurm.job_id} {what} without finishing")
+
+    def _ended(self, job: Job, why: str) -> JobReturn:
+        """A job that ended without a result: its folder says so (its checkpoints stay for the next start), and
+        the sweep goes on, as for a failed job."""
+        metrics = folders.read_metrics(job.folder)
+        if metrics.get("status") not in ("completed", "pruned", "failed") and not folders.held(job.folder):
+            last = job.folder / "checkpoints" / "last.ckpt"
+            again = (f"Run the same command again to resume it from {last}" if last.is_file()
+                     else "Run the same command again to train it")
+            write_json(job.folder / "metrics.json", {**metrics, "status": "interrupted", "error": f"{why}. {again}.",
+                                                     "final": metrics.get("final", {})})
+        log.error("job %d: %s (%s)", job.num, why, job.folder)
+        return JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=None,
+                         working_dir=os.getcwd(), task_name=str(job.cfg.hydra.job.name))
+
+    # --- inside the SLURM job
+
+    def __call__(self, overrides: list[str], job_dir_key: str, num: int, job_id: str,
+                 singleton_state: dict) -> JobReturn:
+        import submitit
+
+        started = time.time()
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        rank = int(os.environ.get("SLURM_PROCID", "0"))
+        with open_dict(cfg.hydra):
+            cfg.hydra.job.id, cfg.hydra.job.num = submitit.JobEnvironment().job_id, num
+            if rank:  # rank 0 writes the folder's .hydra/ and train.log; each other rank a log of its own
+                cfg.hydra.output_subdir = None
+                if OmegaConf.select(cfg, "hydra.job_logging.handlers.file") is not None:
+                    log_file = f"${{hydra.runtime.output_dir}}/train_rank_{rank}.log"
+                    cfg.hydra.job_logging.handlers.file.filename = log_file
+        catch_warnings(signal_delay(self.params))
+        ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                      job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
+        folder = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        if folders.read_metrics(folder).get("status") == "interrupted":
+            stopped(folder, rank, started)  # no result: the job is requeued, or its end is the submitter's to see
+        return ret
+
+
+BASE = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name",
+        "stderr_to_stdout"}  # submitit's own names; every other parameter is SLURM's (slurm_<name>)
+
+
+def _states(ids) -> dict[str, tuple[str, str]]:
+    """job id -> (state, reason), as squeue has them (arrays expanded); a job it no longer knows is absent."""
+    arrays = sorted({i.split("_")[0] for i in ids})
+    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(arrays)])
+    rows = (line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2)
+    return {i: (state, reason) for i, state, reason in rows}
+
+
+def check_fits(p: dict) -> None:
+    """Refuse, before anything is submitted, a request that no node of the partition can hold (sinfo's view),
+    naming the field: SLURM would refuse it in words that name none, or leave it pending for ever."""
+    try:
+        out = _run(["sinfo", "-h", "-N", "-o", "%P|%c|%m|%G|%l"]).stdout
+    except (OSError, subprocess.SubprocessError):
+        return
+    nodes = []
+    for line in out.splitlines():
+        part, cpus, mem, gres, limit = [*line.split("|"), "", "", "", ""][:5]
+        if part.rstrip("*") == p.get("partition") or (p.get("partition") is None and part.endswith("*")):
+            gpus = sum(int(n) for n in re.findall(r"gpu(?::[^:,(]+)?:(\d+)", gres))
+            nodes.append((int(cpus.rstrip("+") or 0), int(mem.rstrip("+") or 0), gpus, _minutes(limit)))
+    if not nodes:
+        return  # an unknown partition: sbatch says so
+    where = f"partition {p.get('partition') or '(the default)'}"
+    cpus, most = p["cpus_per_task"] * p["tasks_per_node"], max(n[0] for n in nodes)
+    if cpus > most:
+        raise Task1Error(f"hydra.launcher.cpus_per_task={p['cpus_per_task']} x tasks_per_node={p['tasks_per_node']} "
+                         f"asks for {cpus} CPUs on a node, and the nodes of {where} have at most {most}: set "
+                         f"hydra.launcher.cpus_per_task (or threads) lower.")
+    mem, most = p["mem_gb"] * 1024, max(n[1] for n in nodes)
+    if mem > most:
+        raise Task1Error(f"hydra.launcher.mem_gb={p['mem_gb']} is more than the nodes of {where} have ({most} MB at "
+                         f"most): set hydra.launcher.mem_gb={most // 1024} or less.")
+    gpus, most = p.get("gpus_per_node") or 0, max(n[2] for n in nodes)
+    if gpus > most:
+        has = f"at most {most} GPUs" if most else "no GPU"
+        raise Task1Error(f"hydra.launcher.gpus_per_node={gpus} (from trainer=gpu / trainer.devices) asks for more "
+                         f"than the nodes of {where} have ({has}): use trainer=cpu, hydra.launcher.partition=<a GPU "
+                         f"partition>, or hydra.launcher.gpus_per_node=0.")
+    most = max(n[3] for n in nodes)
+    if p["timeout_min"] > most:
+        raise Task1Error(f"hydra.launcher.timeout_min={p['timeout_min']} is longer than {where} allows ({most:g} "
+                         f"minutes): set hydra.launcher.timeout_min={most:g} or less (a job that needs longer is "
+                         f"requeued and resumes), or choose another partition.")
+
+
+def _minutes(limit: str) -> float:
+    """sinfo's time limit ([days-]hours:minutes:seconds, minutes:seconds, or infinite) in minutes."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(x) for x in clock.split(":") if x.isdigit()]
+    if not parts or limit in ("infinite", "n/a"):
+        return math.inf
+    h, m, sec = ([0, 0, *parts] if len(parts) < 3 else parts)[-3:]
+    return int(days or 0) * 1440 + h * 60 + m + sec / 60
+
+
+def _asked(p: dict) -> str:
+    return ", ".join(f"{k}={p[k]}" for k in SHOWN if p.get(k) is not None)
+
+
+def _field_for(reason: str) -> str:
+    for word, field in (("timelimit", "timeout_min=<minutes>"), ("nodelimit", "nodes=1"), ("account", "account"),
+                        ("qos", "qos"), ("dependency", "additional_parameters (its dependency)")):
+        if word in reason.lower():
+            return f"hydra.launcher.{field}"
+    return "the request (hydra.launcher.*) to what the partition has (sinfo -o '%P %c %m %G %l')"
+
+
+def refusal(error: Exception, p: dict) -> str:
+    """sbatch's refusal as one line that names the launcher's field."""
+    lines = [ln.strip() for ln in str(error).splitlines() if "error" in ln.lower() and ln.strip()]
+    said = next((ln for ln in reversed(lines) if "sbatch" in ln), lines[-1] if lines else error_line(error))
+    field = next((f for word, f in REFUSALS if word in said.lower()), None)
+    hint = (f"hydra.launcher.{field}={p.get(field)} is what it refused: set hydra.launcher.{field}=<value> to "
+            f"what the cluster has (sinfo -o '%P %c %m %G %l' lists each partition's CPUs, memory, GPUs and time "
+            f"limit)" if field else "check the launcher's fields (hydra.launcher.*) against sinfo")
+    return f"SLURM refused the sweep's jobs ({said}); they asked for {_asked(p)}. {hint}."
+
+
+# --- the job's side: the warning signals, and what a stopped job does
+
+
+def _end_time() -> float | None:
+    """When SLURM ends this job (its time limit), as a Unix time; None where it has none."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        out = _run(["squeue", "-h", "-j", job, "-o", "%e"]).stdout.strip().splitlines()
+        return time.mktime(time.strptime(out[0], "%Y-%m-%dT%H:%M:%S")) if out else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def catch_warnings(delay_s: int) -> None:
+    """Take SIGUSR1 and SIGUSR2 (the cluster's warning before the time limit, or a preemption) from submitit and
+    Lightning: the run stops at the end of a batch with its checkpoint written; at the time limit's warning,
+    which SLURM sends up to a minute early, only once `delay_s` are left."""
+    from task1.core.callbacks import StopOnRequest
+
+    end = _end_time()
+
+    def on_warning(signum: int, frame) -> None:
+        name, now = signal.Signals(signum).name, time.time()
+        if end is not None and end - now <= delay_s + 90:
+            StopOnRequest.request(f"{name}: the time limit is near", at=end - delay_s)
+        else:
+            StopOnRequest.request(f"{name}: preempted")
+
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, on_warning)
+
+
+def stopped(folder: Path, rank: int, started: float) -> None:
+    """A run stopped by a signal: rank 0 requeues the job when a warning signal stopped it and it made progress,
+    then every rank ends without a result (submitit writes none), so the submitting command goes on waiting."""
+    from task1.core.callbacks import StopOnRequest
+
+    if rank == 0 and StopOnRequest.requested:
+        last = folder / "checkpoints" / "last.ckpt"
+        job = os.environ.get("SLURM_ARRAY_JOB_ID")
+        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+        if last.is_file() and last.stat().st_mtime >= started:
+            log.info("%s: requeueing SLURM job %s; it resumes from %s", StopOnRequest.requested, job, last)
+            _run(["scontrol", "requeue", job])
+        else:
+            metrics = folders.read_metrics(folder)
+            write_json(folder / "metrics.json", {**metrics, "status": "failed", "error": (
+                f"the SLURM job {job} was stopped ({StopOnRequest.requested}) before it wrote a checkpoint: it "
+                f"cannot get anywhere within this time limit. Raise hydra.launcher.timeout_min, or lower "
+                f"hydra.launcher.signal_delay_s.")})
+            return
+    sys.exit(3)
