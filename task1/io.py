@@ -60,6 +60,20 @@ def read_json(path: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+@contextlib.contextmanager
+def locked(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive lock on the file `path` for the block, waited for (flock: it ends with the process)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):  # a file system without locks: unguarded, as `hold` is
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class FolderInUseError(Task1Error):
     """Another process holds the folder (see `hold`)."""
 
@@ -87,11 +101,28 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
             logging.getLogger("task1").warning("%s cannot be locked here (%s): nothing stops a second process from "
                                                "training into it at the same time", folder, e.strerror or e)
         os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                 .encode())
+        job = f" (SLURM job {slurm_job_id()})" if slurm_job_id() else ""
+        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}{job} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
         yield
     finally:
         os.close(fd)
+
+
+def slurm_job_id() -> str | None:
+    """The SLURM job this process runs in, as squeue and scontrol name it (`<array>_<index>` in an array)."""
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def holder(folder: str | os.PathLike) -> str:
+    """What `<folder>/.lock` says of the process that holds (or last held) the folder."""
+    try:
+        return (Path(folder) / ".lock").read_text().strip()
+    except OSError:
+        return ""
 
 
 def natural_key(name: str) -> list:

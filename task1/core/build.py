@@ -38,6 +38,8 @@ log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+# on a cluster's login node Lightning advises srun for every local run; task1's SLURM launcher runs jobs under srun
+warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
 
 
 class Built(NamedTuple):

@@ -4,13 +4,14 @@ import gzip
 import os
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import torch
 
 from task1 import Task1Error, error_line
 from task1.data.loader import InMemoryData
-from task1.io import atomic_open
+from task1.io import atomic_open, locked
 
 LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -42,7 +43,6 @@ def prepare_files(root: str | os.PathLike, download: bool) -> Path:
     Gzipped files are checked against torchvision's MD5s before they are unzipped, so a damaged copy is
     named instead of surfacing later as garbage.
     """
-    from torchvision import datasets
     from torchvision.datasets.utils import check_integrity
 
     raw = Path(root) / "FashionMNIST" / "raw"
@@ -62,11 +62,28 @@ def prepare_files(root: str | os.PathLike, download: bool) -> Path:
         return raw
     if not download:
         raise Task1Error(_missing_message(raw))
-    try:
-        datasets.FashionMNIST(str(root), train=True, download=True)
-    except Exception as e:  # offline, proxy, mirror down: one message, with what each mirror answered
-        raise Task1Error(f"Downloading Fashion-MNIST failed ({error_line(e)}). {_missing_message(raw)}") from e
+    # one download at a time (jobs of a sweep start together on a fresh machine), into a folder of its own: the
+    # files appear in raw/ whole and verified, or not at all; a job that waited finds them there
+    with locked(raw.parent / ".download.lock"):
+        if not all((raw / n).is_file() for n in FILES):
+            _download(raw)
     return raw
+
+
+def _download(raw: Path) -> None:
+    from torchvision import datasets
+
+    raw.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=raw.parent, prefix=".download-"))
+    try:
+        try:
+            datasets.FashionMNIST(str(tmp), train=True, download=True)
+        except Exception as e:  # offline, proxy, mirror down: one message, with what each mirror answered
+            raise Task1Error(f"Downloading Fashion-MNIST failed ({error_line(e)}). {_missing_message(raw)}") from e
+        for path in (tmp / "FashionMNIST" / "raw").iterdir():
+            os.replace(path, raw / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _check_idx(path: Path, magic: int) -> int:

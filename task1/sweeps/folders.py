@@ -14,7 +14,6 @@ The resolver runs in whatever process runs the job (the sweep's own, a joblib wo
 function refers to this module, so unpickling it there imports the module, which registers the resolver.
 """
 
-import contextlib
 import fcntl
 import itertools
 import logging
@@ -29,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
-from task1.io import read_json, write_json
+from task1.io import locked, read_json, write_json
 
 log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
@@ -50,19 +49,6 @@ def other_rank() -> bool:
     """A process that a launcher (Lightning's DDP, torchrun, srun) started as a rank other than 0 of a job: it
     trains into the folder that rank 0 holds."""
     return any(os.environ.get(k, "0") != "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock on `path` for the block, waited for (the kernel's flock: it ends with the process)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        with contextlib.suppress(OSError):  # a file system without locks: unguarded, as task1.io.hold
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _find(sweep: Path, wanted: list[str]) -> tuple[str | None, list[int]]:
@@ -89,7 +75,7 @@ def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600)
                                  f"for it in {sweep} within {wait_s:.0f} s.")
             time.sleep(0.5)
         return found
-    with _locked(sweep / ".claims.lock"):  # one claim at a time: two jobs never take one number or one job two
+    with locked(sweep / ".claims.lock"):  # one claim at a time: two jobs never take one number or one job two
         found, numbers = _find(sweep, wanted)
         return found if found is not None else _claim(sweep, num, overrides, numbers)
 

@@ -38,7 +38,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli, error_line
-from task1.io import write_json
+from task1.io import holder, slurm_job_id, write_json
 from task1.sweeps import folders
 
 log = logging.getLogger("task1")
@@ -127,18 +127,33 @@ class SlurmLauncher(Launcher):
         sweep.mkdir(parents=True, exist_ok=True)
         jobs = [self._job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
         todo = [j for j in jobs if folders.needs_work(j.folder)]
+        running = [j for j in jobs if j not in todo and self._adopt(j)]  # an earlier start's SLURM jobs
         for job in jobs:
-            if job not in todo:  # over, or under way elsewhere: the job itself says which, in a moment
+            if job not in todo and job not in running:  # over, or held elsewhere: the job itself says which
                 job.ret = self._run_here(job)
         if todo:
             try:
                 self._submit(sweep, todo)
             except Task1Error as e:  # one line, as for a job's mistake (task1.train.run)
                 cli.fail(e)
-            self._wait(sweep, todo)
+        if running:
+            log.info("waiting for %d SLURM job%s of an earlier start: %s", len(running), "s" * (len(running) > 1),
+                     ", ".join(j.slurm.job_id for j in running))
+        if todo or running:
+            self._wait(sweep, todo + running)
         else:
             log.info("nothing to submit: the %d jobs are over or under way", len(jobs))
         return [j.ret for j in jobs]
+
+    def _adopt(self, job: Job) -> bool:
+        """Follow the SLURM job of an earlier start of this sweep that holds `job`'s folder, as if submitted now."""
+        from submitit.slurm.slurm import SlurmJob
+
+        found = re.search(r"\(SLURM job (\S+)\)", holder(job.folder))
+        if not found or not folders.held(job.folder):
+            return False
+        job.slurm = SlurmJob(folder=self.params["submitit_folder"], job_id=found.group(1))
+        return job.slurm.paths.submitted_pickle.exists()  # submitted by this sweep: it will write a result
 
     def _job(self, num: int, overrides: list[str]) -> Job:
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -400,9 +415,7 @@ def stopped(folder: Path, rank: int, started: float) -> None:
     from task1.core.callbacks import StopOnRequest
 
     if rank == 0 and StopOnRequest.requested:
-        last = folder / "checkpoints" / "last.ckpt"
-        job = os.environ.get("SLURM_ARRAY_JOB_ID")
-        job = f"{job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if job else os.environ["SLURM_JOB_ID"]
+        last, job = folder / "checkpoints" / "last.ckpt", slurm_job_id()
         if last.is_file() and last.stat().st_mtime >= started:
             log.info("%s: requeueing SLURM job %s; it resumes from %s", StopOnRequest.requested, job, last)
             _run(["scontrol", "requeue", job])

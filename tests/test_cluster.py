@@ -1,0 +1,276 @@
+"""Sweeps on a real SLURM cluster (scripts/cluster.sh: one node on this machine): what clusters do to long jobs.
+
+Each test runs `python -m task1.train -m hydra/launcher=slurm ...` as a user would, does to its jobs what a cluster
+does (a time limit, SIGUSR2, `scontrol requeue`, SIGKILL, Ctrl-C of the command), and compares the results with an
+uninterrupted run of the same jobs under the basic launcher: they must be equal to the last bit.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, make_fashion_mnist, run_cli
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+CLUSTER = Path(os.environ.get("TASK1_CLUSTER_DIR", "/tmp/task1-cluster"))
+QUIET = ["logger=none", "figures.enabled=false", "trainer=cpu", "threads=1"]
+
+
+def _up(env: dict) -> bool:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], capture_output=True, text=True, env=env, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.returncode == 0 and out.stdout.split()[:1] in (["idle"], ["mix"], ["alloc"])
+
+
+@pytest.fixture(scope="session")
+def slurm() -> dict:
+    """The environment that reaches the test cluster: started here (as root) when it is not up; in CI a cluster
+    that cannot start fails the tests."""
+    env = {**os.environ, "SLURM_CONF": str(CLUSTER / "slurm.conf"), "PYTHONUNBUFFERED": "1"}
+    started = False
+    if not _up(env) and os.geteuid() == 0:
+        started = subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "start"], env=env).returncode == 0
+    if not _up(env):
+        why = f"no SLURM cluster answers at {env['SLURM_CONF']} (scripts/cluster.sh start, as root)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    yield env
+    if started:
+        subprocess.run([str(ROOT / "scripts" / "cluster.sh"), "stop"], env=env)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    return make_fashion_mnist(tmp_path_factory.mktemp("fmnist_cluster"), n_train=2000, n_test=200)
+
+
+def sweep(env: dict, folder: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return run_cli("--multirun", "hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={folder}", env=env,
+                   timeout=timeout)
+
+
+def start(env: dict, folder: Path, *overrides: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "task1.train", "-m", "hydra/launcher=slurm", *overrides, f"hydra.sweep.dir={folder}"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def reference(folder: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The same jobs, uninterrupted, one after the other in this machine's own process (the basic launcher)."""
+    result = run_cli("--multirun", *overrides, f"hydra.sweep.dir={folder}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return result
+
+
+def finals(folder: Path) -> dict[str, dict]:
+    """job folder name -> (status, final metrics) of every job of a sweep."""
+    out = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        out[path.parent.name] = (metrics["status"], metrics["final"])
+    return out
+
+
+def squeue(env: dict, *args: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-r", *args], capture_output=True, text=True, env=env)
+    return out.stdout.split()
+
+
+def wait_for(what, timeout: float = 180, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while not (found := what()):
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(every)
+    return found
+
+
+def log(folder: Path) -> str:
+    return "".join(p.read_text() for p in sorted(folder.glob("*.log")))
+
+
+def test_a_cpu_node_sweep_ctrl_c_collect_and_restart_submit_only_what_needs_work(slurm, small, tmp_path):
+    args = [f"paths.data_dir={small}", *QUIET, "trainer.max_epochs=80", "model=mlp", "model.num_hiddens=32",
+            "data.batch_size=16", "optimizer.lr=0.1,0.3"]
+    with ThreadPoolExecutor(1) as pool:
+        uninterrupted = pool.submit(reference, tmp_path / "basic", *args)
+        # Ctrl-C of the submitting command: one line, and the jobs go on
+        folder = tmp_path / "slurm"
+        command = start(slurm, folder, *args)
+        wait_for(lambda: list(folder.glob("*/checkpoints/last.ckpt")))
+        command.send_signal(signal.SIGINT)
+        out = command.communicate(timeout=60)[0]
+        assert command.returncode == 130, out[-3000:]
+        said = [line for line in out.splitlines() if "Interrupted:" in line]
+        assert len(said) == 1 and "Traceback" not in out, out[-3000:]
+        array = said[0].split("squeue -j ")[1].split()[0]
+        assert f"Cancel them: scancel {array}" in said[0] and "run this command again" in said[0]
+        assert squeue(slurm, "-j", array), "the jobs were to go on in SLURM"
+        # the same command again collects them: it submits nothing new and waits for the running jobs
+        began = time.monotonic()
+        result = sweep(slurm, folder, *args)
+        collect_s = time.monotonic() - began
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        assert "waiting for 2 SLURM jobs of an earlier start" in result.stdout + result.stderr
+        assert "submitting" not in result.stdout + result.stderr
+        ref = uninterrupted.result()
+    assert finals(folder) == finals(tmp_path / "basic")
+    assert all(status == "completed" for status, _ in finals(folder).values())
+    assert (folder / "summary.md").is_file() and "2 completed" in (folder / "summary.md").read_text()
+    # a completed sweep started again submits nothing, and changes nothing
+    before = {p: p.read_bytes() for p in folder.glob("*/metrics.json")}
+    logs = sorted((folder / ".submitit").iterdir())
+    began = time.monotonic()
+    again = sweep(slurm, folder, *args)
+    restart_s = time.monotonic() - began
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "nothing to submit" in out and "submitting" not in out, out[-3000:]
+    assert sorted((folder / ".submitit").iterdir()) == logs
+    assert {p: p.read_bytes() for p in folder.glob("*/metrics.json")} == before
+    print(f"\ncollect after Ctrl-C: {collect_s:.1f} s; restart of the completed sweep: {restart_s:.1f} s; "
+          f"basic launcher: {ref.stdout.count('final metrics')} jobs")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("hydra.launcher.gpus_per_node=1", r"hydra.launcher.gpus_per_node=1 \(from trainer=gpu / trainer.devices\) asks "
+                                       r"for more than the nodes of partition \(the default\) have \(no GPU\)"),
+    ("hydra.launcher.mem_gb=4000", r"hydra.launcher.mem_gb=4000 is more than the nodes of partition \(the default\) "
+                                   r"have \(\d+ MB at most\): set hydra.launcher.mem_gb=\d+ or less"),
+    ("threads=64", r"hydra.launcher.cpus_per_task=64 x tasks_per_node=1 asks for 64 CPUs on a node, and the nodes"),
+    ("hydra.launcher.partition=nope", r"SLURM refused the sweep's jobs \(sbatch: error: Batch job submission failed: "
+                                      r"Invalid partition name specified\).* hydra.launcher.partition=nope is what it "
+                                      r"refused"),
+    ("hydra.launcher.partition=short", r"hydra.launcher.timeout_min=60 is longer than partition short allows \(1 "
+                                       r"minutes\)"),
+])
+def test_a_request_the_cluster_cannot_satisfy_is_one_line_naming_the_field(slurm, small, tmp_path, override,
+                                                                          message):
+    import re
+
+    before = squeue(slurm)
+    result = sweep(slurm, tmp_path, f"paths.data_dir={small}", *QUIET, "optimizer.lr=0.1,0.3", override, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in out, out[-3000:]
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert re.search(message, lines[-1]), lines[-3:]
+    assert squeue(slurm) == before  # nothing left in the queue
+
+
+def test_a_job_pending_for_a_reason_that_never_clears_is_reported(slurm, small, tmp_path):
+    failed = subprocess.run(["sbatch", "--parsable", "--wrap", "false"], capture_output=True, text=True, env=slurm)
+    dependency = failed.stdout.strip()
+    wait_for(lambda: not squeue(slurm, "-j", dependency))
+    result = sweep(slurm, tmp_path, f"paths.data_dir={small}", *QUIET, "optimizer.lr=0.1",
+                   f"+hydra.launcher.additional_parameters={{dependency:afterok:{dependency}}}", timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "SLURM cannot run it: it waits for a reason that does not clear (DependencyNeverSatisfied)" in out
+    metrics = json.loads((tmp_path / "0" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and "DependencyNeverSatisfied" in metrics["error"]
+    assert "1 jobs, 1 not completed" in out  # the report lists it
+    assert not squeue(slurm, "-t", "pending")  # cancelled, not left waiting
+
+
+@pytest.fixture(scope="module")
+def real(real_root) -> str:
+    return f"paths.data_dir={real_root.resolve()}"
+
+
+def test_a_job_longer_than_its_time_limit_is_requeued_and_resumes_exactly(slurm, real, tmp_path):
+    base = [real, *QUIET, "model=mlp", "data.batch_size=256", "optimizer.lr=0.1"]
+    # as many epochs as take about 70 s here: the warning (15 s before the 1-minute limit) stops the first start
+    probe = reference(tmp_path / "probe", *base, "trainer.max_epochs=3")
+    per_epoch = json.loads((tmp_path / "probe" / "0" / "metrics.json").read_text())["wall_time_s"] / 3
+    args = [*base, f"trainer.max_epochs={max(20, math.ceil(70 / per_epoch))}"]
+    with ThreadPoolExecutor(1) as pool:
+        uninterrupted = pool.submit(reference, tmp_path / "basic", *args)
+        began = time.monotonic()
+        result = sweep(slurm, tmp_path / "slurm", *args, "hydra.launcher.timeout_min=1")
+        took = time.monotonic() - began
+        uninterrupted.result()
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    job_log = log(tmp_path / "slurm" / "0")
+    assert "SIGUSR2: the time limit is near" in job_log and "requeueing SLURM job" in job_log
+    assert "resuming from" in job_log
+    assert finals(tmp_path / "slurm") == finals(tmp_path / "basic")
+    assert finals(tmp_path / "slurm")["0"][0] == "completed"
+    assert probe.returncode == 0
+    print(f"\n1-minute limit, {args[-1]}: {took:.0f} s through SLURM, {job_log.count('requeueing')} requeue(s)")
+
+
+@pytest.fixture(scope="module")
+def long_jobs(real, tmp_path_factory) -> tuple[list[str], dict]:
+    """Two jobs of some 30 s each, and their uninterrupted results."""
+    args = [real, *QUIET, "model=mlp", "model.num_hiddens=64", "data.batch_size=64", "trainer.max_epochs=6",
+            "checkpoint_every_n_steps=100", "optimizer.lr=0.1,0.3"]
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    reference(folder, *args)
+    return args, finals(folder)
+
+
+def running_jobs(env: dict, folder: Path) -> dict[str, str]:
+    """job folder -> SLURM job id, of each job whose folder holds a mid-epoch checkpoint."""
+    found = {}
+    for lock in folder.glob("*/.lock"):
+        if (lock.parent / "checkpoints" / "last.ckpt").is_file() and "SLURM job" in lock.read_text():
+            found[lock.parent.name] = lock.read_text().split("SLURM job ")[1].split(")")[0]
+    return found if len(found) == 2 else {}
+
+
+def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_path):
+    args, uninterrupted = long_jobs
+    command = start(slurm, tmp_path, *args)
+    jobs = wait_for(lambda: running_jobs(slurm, tmp_path))
+    subprocess.run(["scancel", "--signal=USR2", jobs["0"]], env=slurm, check=True)  # preempted: warned first
+    subprocess.run(["scontrol", "requeue", jobs["1"]], env=slurm, check=True)  # taken back: SIGTERM, requeued
+    out = command.communicate(timeout=600)[0]
+    assert command.returncode == 0, out[-3000:]
+    assert "SIGUSR2: preempted" in log(tmp_path / "0") and "requeueing SLURM job" in log(tmp_path / "0")
+    for job in ("0", "1"):
+        assert "job stopped: Stopped by a signal" in log(tmp_path / job) and "resuming from" in log(tmp_path / job)
+        assert not list((tmp_path / job).glob("hpc_ckpt*"))  # Lightning's own requeue is off
+    assert finals(tmp_path) == uninterrupted
+
+
+def test_a_killed_job_never_hangs_the_command_and_resumes_from_its_checkpoint(slurm, long_jobs, tmp_path):
+    args, uninterrupted = long_jobs
+    command = start(slurm, tmp_path, *args)
+    jobs = wait_for(lambda: running_jobs(slurm, tmp_path))
+    pid = int((tmp_path / "0" / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)  # the OOM killer, a node lost: no handler runs
+    out = command.communicate(timeout=300)[0]
+    assert command.returncode == 0, out[-3000:]
+    assert f"job 0: SLURM job {jobs['0']} ended as" in out and "without finishing" in out
+    status = finals(tmp_path)
+    assert status["0"][0] == "interrupted" and status["1"] == uninterrupted["1"]
+    assert "2 jobs, 1 not completed" in out
+    again = sweep(slurm, tmp_path, *args)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "submitting 1 job to SLURM" in out, out[-3000:]
+    assert "resuming from" in log(tmp_path / "0")
+    assert finals(tmp_path) == uninterrupted
+
+
+def test_a_two_task_job_trains_ddp_into_one_folder(slurm, small, tmp_path):
+    args = [f"paths.data_dir={small}", "logger=none", "figures.enabled=false", "trainer=ddp",
+            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2", "model=mlp",
+            "model.num_hiddens=32", "data.batch_size=16", "threads=1", "optimizer.lr=0.1"]
+    result = sweep(slurm, tmp_path / "slurm", *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "tasks_per_node=2" in out, out[-3000:]
+    local = run_cli(*args[:-1], "optimizer.lr=0.1", f"hydra.run.dir={tmp_path / 'local'}")
+    assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]
+    job = tmp_path / "slurm" / "0"
+    assert [p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir() and not p.name.startswith(".")] == ["0"]
+    assert (job / "train_rank_1.log").is_file() and "rank 1/2 final" in (job / "train_rank_1.log").read_text()
+    local_final = json.loads((tmp_path / "local" / "metrics.json").read_text())["final"]
+    assert finals(tmp_path / "slurm") == {"0": ("completed", local_final)}
