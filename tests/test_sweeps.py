@@ -240,3 +240,26 @@ def test_ddp_on_two_cpu_processes_in_a_multirun(fake_root, tmp_path):
             y_hat = system(X)
         assert final["test/loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(y_hat, y)), rel=1e-5)
         assert final["test/acc"] == pytest.approx(float((y_hat.argmax(1) == y).float().mean()), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_ddp_sweep_of_a_saved_config_trains_that_config_on_every_rank_and_leaves_nothing_behind(fake_root,
+                                                                                                   tmp_path):
+    # the saved config's width (24) is in no conf/ file: a rank that composed conf/config.yaml would build
+    # another model, and the ranks could not train together
+    quiet = [f"data.root={fake_root}", *TINY, "logger=none", "figures.enabled=false"]
+    run = tmp_path / "run"
+    assert run_cli(*quiet, "model=mlp", "model.num_hiddens=24", f"hydra.run.dir={run}").returncode == 0
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "task1.rerun", str(run), "--multirun", "+trainer.strategy=ddp", "trainer.accelerator=cpu",
+                     "trainer.devices=2", "optimizer.lr=0.1,0.5", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    jobs = jobs_of(sweep)
+    assert sorted(jobs) == ["0", "1"] and all(m["status"] == "completed" for m in jobs.values())
+    for job in ("0", "1"):  # (DDP refuses ranks whose parameters differ in shape)
+        ranks = [re.search(rf"rank {r}/2 final (\{{.*\}})", (sweep / job / log).read_text())
+                 for r, log in ((0, "train.log"), (1, "train_ddp_process_1.log"))]
+        assert json.loads(ranks[0][1]) == json.loads(ranks[1][1]) == jobs[job]["final"]
+    # the second job's record names the command that was typed, not the first job's rank command
+    assert jobs["1"]["provenance"]["argv"] == jobs["0"]["provenance"]["argv"]
+    assert "optimizer.lr=0.1,0.5" in jobs["1"]["provenance"]["argv"]

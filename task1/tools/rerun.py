@@ -12,7 +12,8 @@ from task1 import cli, train
 
 @cli.exit_on_error
 def main() -> None:
-    sys.argv = cli.rerun_main_argv(sys.argv)
+    if sys.argv[1:2] != ["--config-path"]:  # (a DDP rank that Lightning started again has its arguments rewritten)
+        sys.argv = cli.rerun_main_argv(sys.argv)
     train.run()
 
 
