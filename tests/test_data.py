@@ -4,11 +4,16 @@ import gzip
 import multiprocessing
 import re
 import shutil
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN, gz_only_copy, make_fashion_mnist, make_images, run_cli, write_idx
+from conftest import N_TEST, N_TRAIN, ROOT, gz_only_copy, make_fashion_mnist, make_images, run_cli, write_idx
 from torchvision import datasets
 
 from task1 import Task1Error
@@ -178,6 +183,58 @@ def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
     assert re.search(r"\(RuntimeError: Error downloading train-images-idx3-ubyte.gz: .*No such file or directory",
                      str(e.value))
     assert isinstance(e.value.__cause__, RuntimeError)
+
+
+DOWNLOAD_AND_READ = """
+import sys
+from torchvision import datasets
+from task1.data.fashion_mnist import prepare_files, read_split
+datasets.FashionMNIST.mirrors = [sys.argv[2]]  # the test's own server on 127.0.0.1
+prepare_files(sys.argv[1], download=True)
+X, y = read_split(sys.argv[1], train=True)
+print(len(y), float(X.sum()))
+"""
+
+
+@pytest.mark.slow
+def test_parallel_jobs_on_a_fresh_machine_download_once_and_never_read_a_half_file(real_root, tmp_path):
+    files = {p.name: p.read_bytes() for p in (real_root / "FashionMNIST" / "raw").glob("*.gz")}
+    if len(files) < 4:
+        pytest.skip("the real files are unzipped only")
+    served = []
+
+    class SlowMirror(BaseHTTPRequestHandler):  # about 6 MB/s: a download takes seconds, as over a network
+        def do_GET(self):
+            data = files.get(self.path.lstrip("/"))
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.headers.get("Method") == "HEAD":  # torchvision's look for redirects before it downloads
+                return
+            for i in range(0, len(data), 1 << 16):
+                self.wfile.write(data[i:i + (1 << 16)])
+                time.sleep(0.01)
+            served.append(self.path)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowMirror)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        jobs = [subprocess.Popen([sys.executable, "-c", DOWNLOAD_AND_READ, str(tmp_path), url], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        outs = [job.communicate(timeout=300) for job in jobs]
+    finally:
+        server.shutdown()
+    assert all(job.returncode == 0 for job in jobs), [err[-2000:] for _, err in outs]
+    assert len({out for out, _ in outs}) == 1 and outs[0][0].startswith("60000 ")
+    assert sorted(served) == sorted(f"/{name}" for name in files)  # one download, each file once
+    assert not list(tmp_path.glob("FashionMNIST/.download-*"))  # its folder is gone
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -306,3 +306,46 @@ def test_a_folder_on_a_file_system_without_locks_is_used_with_a_warning(tmp_path
     with hold(tmp_path / "run"):
         (tmp_path / "run" / "metrics.json").write_text("{}")
     assert f"{tmp_path / 'run'} cannot be locked here (No locks available)" in caplog.text
+
+
+def _claim(sweep: str, num: int, overrides: list[str]) -> str:
+    return job_folder(Path(sweep), num, overrides)
+
+
+def test_jobs_claim_their_folders_under_a_lock_and_other_ranks_wait_for_rank_zero(tmp_path, monkeypatch):
+    import multiprocessing
+
+    # eight processes claim at once, four jobs twice over (the same overrides, in another order): one folder a job
+    jobs = [[f"lr={i}", "seed=1"] for i in range(4)]
+    calls = [(str(tmp_path), i % 4, jobs[i % 4] if i < 4 else jobs[i % 4][::-1]) for i in range(8)]
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        found = pool.starmap(_claim, calls)
+    assert found[:4] == found[4:] and sorted(found[:4]) == ["0", "1", "2", "3"]
+
+    # a rank other than 0 never claims: it waits for the folder rank 0 made, and says so when none comes
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert job_folder(tmp_path, 9, ["seed=1", "lr=2"]) == "2"
+    with pytest.raises(Task1Error, match=r"rank 1 of job 9: rank 0 made no folder for it in .* within 1 s"):
+        job_folder(tmp_path, 9, ["lr=7"], wait_s=1)
+    assert not (tmp_path / "4").exists()
+
+
+def test_the_other_ranks_of_a_slurm_job_follow_rank_zeros_decision(make_cfg, tmp_path, monkeypatch):
+    for key, value in {"SLURM_JOB_ID": "77", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2"}.items():
+        monkeypatch.setenv(key, value)
+    folder = a_job(tmp_path / "job", "interrupted", checkpoint=True)
+    rank1 = make_cfg(f"output_dir={folder}")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    with pytest.raises(Task1Error, match="rank 0 of this job decided nothing within 0 s"):
+        from task1.sweeps.folders import _follow_rank_zero
+
+        _follow_rank_zero(rank1, folder, wait_s=0)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    rank0 = make_cfg(f"output_dir={folder}")
+    assert continue_job(rank0) is None and rank0.resume == str(folder)
+    # a restarted job (its restart count) is another start: an old decision is not followed
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert continue_job(rank1) is None and rank1.resume == str(folder)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(Task1Error, match="decided nothing"):
+        _follow_rank_zero(make_cfg(f"output_dir={folder}"), folder, wait_s=0)
