@@ -230,11 +230,13 @@ def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_p
     args, uninterrupted = long_jobs
     command = start(slurm, tmp_path, *args)
     jobs = wait_for(lambda: running_jobs(slurm, tmp_path))
-    subprocess.run(["scancel", "--signal=USR2", jobs["0"]], env=slurm, check=True)  # preempted: warned first
-    subprocess.run(["scontrol", "requeue", jobs["1"]], env=slurm, check=True)  # taken back: SIGTERM, requeued
+    # preempted with a warning (SIGUSR1, the signal Lightning's own requeue would take; SIGUSR2, submitit's, is
+    # the time limit's test), and taken back without one (SIGTERM, then requeued by SLURM)
+    subprocess.run(["scancel", "--signal=USR1", jobs["0"]], env=slurm, check=True)
+    subprocess.run(["scontrol", "requeue", jobs["1"]], env=slurm, check=True)
     out = command.communicate(timeout=600)[0]
     assert command.returncode == 0, out[-3000:]
-    assert "SIGUSR2: preempted" in log(tmp_path / "0") and "requeueing SLURM job" in log(tmp_path / "0")
+    assert "SIGUSR1: preempted" in log(tmp_path / "0") and "requeueing SLURM job" in log(tmp_path / "0")
     for job in ("0", "1"):
         assert "job stopped: Stopped by a signal" in log(tmp_path / job) and "resuming from" in log(tmp_path / job)
         assert not list((tmp_path / job).glob("hpc_ckpt*"))  # Lightning's own requeue is off
