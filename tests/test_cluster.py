@@ -244,6 +244,12 @@ def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_p
 
 
 def test_a_killed_job_never_hangs_the_command_and_resumes_from_its_checkpoint(slurm, long_jobs, tmp_path):
+    kill_and_resume(slurm, long_jobs, tmp_path)
+
+
+def kill_and_resume(slurm: dict, long_jobs: tuple[list[str], dict], tmp_path: Path) -> str:
+    """SIGKILL one job's process mid-epoch: the command ends with the report, and the same command again resumes
+    the job to the uninterrupted metrics. Returns the killed job's SLURM id."""
     args, uninterrupted = long_jobs
     command = start(slurm, tmp_path, *args)
     jobs = wait_for(lambda: running_jobs(slurm, tmp_path))
@@ -260,6 +266,7 @@ def test_a_killed_job_never_hangs_the_command_and_resumes_from_its_checkpoint(sl
     assert again.returncode == 0 and "submitting 1 job to SLURM" in out, out[-3000:]
     assert "resuming from" in log(tmp_path / "0")
     assert finals(tmp_path) == uninterrupted
+    return jobs["0"]
 
 
 def test_a_two_task_job_trains_ddp_into_one_folder(slurm, small, tmp_path):
@@ -276,3 +283,28 @@ def test_a_two_task_job_trains_ddp_into_one_folder(slurm, small, tmp_path):
     assert (job / "train_rank_1.log").is_file() and "rank 1/2 final" in (job / "train_rank_1.log").read_text()
     local_final = json.loads((tmp_path / "local" / "metrics.json").read_text())["final"]
     assert finals(tmp_path / "slurm") == {"0": ("completed", local_final)}
+
+
+@pytest.fixture
+def accounting(slurm):
+    """The test cluster restarted with an accounting database (slurmdbd on MariaDB), then restarted without."""
+    script = str(ROOT / "scripts" / "cluster.sh")
+    if os.geteuid() != 0:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("restarting the cluster with accounting needs root")
+    subprocess.run([script, "stop"], env=slurm, check=True)
+    try:
+        started = subprocess.run([script, "start", "--accounting"], env=slurm).returncode == 0
+        if not (started and _up(slurm)):
+            pytest.fail("the cluster did not start with accounting (scripts/cluster.sh start --accounting)")
+        yield slurm
+    finally:
+        subprocess.run([script, "stop"], env=slurm)
+        subprocess.run([script, "start"], env=slurm, check=True)
+
+
+def test_a_killed_job_never_hangs_the_command_with_an_accounting_database_either(accounting, long_jobs, tmp_path):
+    job = kill_and_resume(accounting, long_jobs, tmp_path)
+    # sacct knows the job here (without accounting it fails): the launcher never needed it
+    states = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True,
+                            env=accounting)
+    assert states.returncode == 0 and states.stdout.split()[:1] in (["FAILED"], ["CANCELLED"]), states
