@@ -6,6 +6,7 @@ today's `conf/`, so they train exactly what the run trained.
 """
 
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -18,7 +19,17 @@ from omegaconf import OmegaConf
 from task1 import Task1Error
 from task1.io import dotted
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+
+def _conf() -> Path:
+    """The config tree: the package task1.conf (conf/ of the checkout in an editable install, task1/conf/ in a
+    wheel), or, where this checkout's task1 is imported without being installed, its conf/ beside it."""
+    try:
+        return Path(str(importlib.resources.files("task1.conf")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF = _conf()
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
