@@ -73,14 +73,14 @@ def test_two_loggers_both_get_metrics_hyperparameters_and_final_metrics(make_cfg
     assert saved["optimizer/lr"] == 0.05 and saved["model/impl"] == "torch"
 
 
-def test_a_logger_whose_extra_is_missing_names_the_extra(make_cfg, monkeypatch):
+def test_a_logger_whose_extra_is_missing_names_the_extra(make_cfg, tmp_path, monkeypatch):
     # what a machine without `pip install 'task1[mlflow]'` sees: Lightning's MLFlowLogger finds no mlflow
     from lightning.pytorch.loggers import mlflow as lightning_mlflow
 
     monkeypatch.setattr(lightning_mlflow, "_MLFLOW_AVAILABLE", False)
     with pytest.raises(Task1Error, match=r"logger.mlflow \(lightning.pytorch.loggers.MLFlowLogger\) cannot be built: "
                                          r".*pip install 'task1\[mlflow\]'"):
-        train(make_cfg("logger=mlflow"))
+        train(make_cfg("logger=mlflow", f"paths.output_dir={tmp_path}"))
 
 
 def test_plain_training_never_imports_mlflow(fake_root, tmp_path):

@@ -298,12 +298,17 @@ def _train_size(data: DictConfig) -> int | None:
     return None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
+def check_values(cfg: DictConfig) -> None:
+    """Raise Task1Error naming the first field of FIELDS whose value is wrong (also in a run's resolved config)."""
     for path, spec in FIELDS.items():
         value = OmegaConf.select(cfg, path, default="<absent>")
         if value != "<absent>" and not spec.check(value):
             _fail(path, value, spec.describe())
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
+    check_values(cfg)
     _check_tree(cfg)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
