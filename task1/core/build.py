@@ -35,7 +35,8 @@ from task1.sweeps.jobs import thread_budget
 log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+LIGHTNING_NOISE = ".*LeafSpec.*"
+warnings.filterwarnings("ignore", message=LIGHTNING_NOISE)
 
 
 class Built(NamedTuple):
