@@ -203,7 +203,8 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
 
 def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
     """The overrides that compose a run afresh from today's conf/ with `args` on top: the run's own overrides
-    (`.hydra/overrides.yaml`, less those `args` replace), then `args`. A saved config has no config groups left,
+    (`.hydra/overrides.yaml`, less those `args` replace, and less the fields of a group `args` chooses again:
+    `model=softmax` drops an MLP run's `model.num_hiddens=32`), then `args`. A saved config has no config groups left,
     so a run composed from one (a rerun) or from another config tree cannot choose another option this way."""
     saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
     main = [s.path for s in saved.runtime.config_sources if s.provider == "main" and s.schema == "file"]
@@ -213,7 +214,8 @@ def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
                          f"rerun it without {' '.join(group_overrides(args))}, or start a new run with "
                          f"python -m task1.train {' '.join(args)}")
     given = {_key(a) for a in args}
-    return [*(o for o in saved.overrides.task if _key(o) not in given), *args]
+    chosen = tuple(f"{_key(a)}." for a in group_overrides(args))  # an option chosen anew comes with its own fields
+    return [*(o for o in saved.overrides.task if _key(o) not in given and not _key(o).startswith(chosen)), *args]
 
 
 def train_help() -> str:

@@ -32,6 +32,10 @@ def test_rerun_with_a_config_group_composes_the_runs_overrides_afresh_and_resume
     assert ran["optimizer"]["lr"] == 0.2 and ran["trainer"]["max_epochs"] == 1  # the run's own overrides
     assert (tmp_path / "mlp" / "csv" / "metrics.csv").is_file()
     assert json.loads((tmp_path / "mlp" / "metrics.json").read_text())["status"] == "completed"
+    # choosing a group again drops the run's fields of it: softmax has no model.num_hiddens
+    softmax = run_cli("-m", "task1.rerun", str(tmp_path / "mlp"), "model=softmax", f"hydra.run.dir={tmp_path / 's'}")
+    assert softmax.returncode == 0, softmax.stderr[-3000:]
+    assert "model.num_hiddens" not in (tmp_path / "s" / ".hydra" / "overrides.yaml").read_text()
 
     before = folders(tmp_path)
     out = no_traceback(run_cli(f"resume={run}", "model=mlp"))
