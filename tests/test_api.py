@@ -70,6 +70,13 @@ def test_a_config_from_hydras_own_compose_trains_too(fake_root, tmp_path):
     assert result.status == "completed" and result.folder.parent == tmp_path / "runs"
 
 
+def test_the_core_train_says_where_a_config_without_a_run_folder_goes(fake_root):
+    from task1.train import train
+
+    with pytest.raises(Task1Error, match=r"has no value outside a Hydra app: train the config with task1.api.train"):
+        train(compose_cfg(f"data.root={fake_root}", "trainer=cpu", "logger=none"))
+
+
 def test_mistakes_raise_task1s_error_and_leave_nothing_behind(tiny, tmp_path):
     with pytest.raises(Task1Error, match=r"data.batch_size=0 is not allowed"):
         api.train(*tiny, "data.batch_size=0")
