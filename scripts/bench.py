@@ -45,7 +45,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from task1.cli import paths  # noqa: E402
+from task1.cli import CONF, paths  # noqa: E402
 from task1.core.build import build  # noqa: E402
 from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
 from task1.io import write_json  # noqa: E402
@@ -175,7 +175,7 @@ class Interleave(Callback):
 
 def compose_cfg(*overrides: str):
     """The config `python -m task1.train <overrides>` runs."""
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 

@@ -15,7 +15,7 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing task1 and its dependencies into .venv (first time: a few minutes)" >&2
   # (the grep drops pip's notes about package folders this machine's pip config names but lacks)
-  .venv/bin/python -m pip install --quiet -e '.[dev,sweeps]' 2> >(grep -v 'is ignored: it is neither a file' >&2)
+  .venv/bin/python -m pip install --quiet -e '.[dev,sweeps,mlflow,notebook]' 2> >(grep -v 'is ignored: it is neither a file' >&2)
   echo "$want" > "$stamp"
 fi
 

@@ -6,6 +6,7 @@ today's `conf/`, so they train exactly what the run trained.
 """
 
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -18,7 +19,17 @@ from omegaconf import OmegaConf
 from task1 import Task1Error
 from task1.io import dotted
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+
+def _conf() -> Path:
+    """The config tree: the package task1.conf (conf/ of the checkout in an editable install, task1/conf/ in a
+    wheel), or, where this checkout's task1 is imported without being installed, its conf/ beside it."""
+    try:
+        return Path(str(importlib.resources.files("task1.conf")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "conf"
+
+
+CONF = _conf()
 CONFIG_DIR_FLAGS = ("--config-dir", "-cd")
 
 
@@ -76,6 +87,12 @@ def _saved_run(hydra_dir: Path, rest: list[str]) -> list[str]:
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
+
+
+def group_overrides(args: list[str]) -> list[str]:
+    """The arguments that choose an option of a config group of conf/ (`model=mlp`, `logger=[csv,mlflow]`)."""
+    return [a for a in args if "=" in a and not a.startswith("-") and "/" not in _key(a) and _key(a)
+            and (CONF / _key(a)).is_dir()]
 
 
 def _conf_overrides(name: str, prefix: str, given: set[str]) -> list[str]:
@@ -138,6 +155,11 @@ def resume_argv(argv: list[str]) -> list[str]:
     if (run / "multirun.yaml").is_file():
         return resume_sweep_argv(argv[0], run, rest)
     hydra_dir = saved_config_dir(run, how="resume=")
+    groups = group_overrides(rest)
+    if groups:
+        raise Task1Error(f"resume={run}: {' '.join(groups)} would choose another config option, and a resumed run "
+                         f"goes on as it started. Train a new run from it instead: python -m task1.rerun {run} "
+                         f"{' '.join(groups)}")
     own = [f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
     if rest[:4] == _saved_run(hydra_dir, []):  # Lightning's DDP relaunch: this process's arguments, rewritten
         rest = [a for a in rest[4:] if a not in own]
@@ -168,12 +190,32 @@ def train_argv(argv: list[str]) -> list[str]:
 
 
 def rerun_main_argv(argv: list[str]) -> list[str]:
-    """`task1.rerun <run folder> [overrides]` as the arguments of `task1.train`."""
+    """`task1.rerun <run folder> [overrides]` as the arguments of `task1.train`: the run's saved config, or, when
+    the overrides choose a config option (`model=mlp`), the run's choices and overrides composed from conf/."""
     if len(argv) < 2 or argv[1].startswith("-"):
         print("usage: python -m task1.rerun <run folder> [overrides]", file=sys.stderr)
         sys.exit(2)
     hydra_dir = saved_config_dir(argv[1])
+    if group_overrides(argv[2:]):
+        return [argv[0], *_recomposed(hydra_dir, argv[2:])]
     return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *argv[2:]])
+
+
+def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
+    """The overrides that compose a run afresh from today's conf/ with `args` on top: the run's own overrides
+    (`.hydra/overrides.yaml`, less those `args` replace, and less the fields of a group `args` chooses again:
+    `model=softmax` drops an MLP run's `model.num_hiddens=32`), then `args`. A saved config has no config groups left,
+    so a run composed from one (a rerun) or from another config tree cannot choose another option this way."""
+    saved = OmegaConf.load(hydra_dir / "hydra.yaml").hydra
+    main = [s.path for s in saved.runtime.config_sources if s.provider == "main" and s.schema == "file"]
+    if main != [str(CONF)] or saved.job.config_name != "config":
+        raise Task1Error(f"{hydra_dir.parent} was not composed from task1's config tree {CONF} (its config came "
+                         f"from {main[0] if main else 'elsewhere'}), so it has no config options to change: "
+                         f"rerun it without {' '.join(group_overrides(args))}, or start a new run with "
+                         f"python -m task1.train {' '.join(args)}")
+    given = {_key(a) for a in args}
+    chosen = tuple(f"{_key(a)}." for a in group_overrides(args))  # an option chosen anew comes with its own fields
+    return [*(o for o in saved.overrides.task if _key(o) not in given and not _key(o).startswith(chosen)), *args]
 
 
 def train_help() -> str:
@@ -187,7 +229,7 @@ def train_help() -> str:
         if isinstance(entry, dict):
             (group, option), = entry.items()
             defaults[group.removeprefix("optional ").removeprefix("override /")] = option
-    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+    groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
     lines = ["usage: python -m task1.train [group=option ...] [key=value ...]     (or: task1-train ...)",
              "       python -m task1.train -m key=a,b ...                         a sweep: one job per combination",
              "       python -m task1.train --cfg job [overrides]                  print the config a run would use",

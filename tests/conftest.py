@@ -12,8 +12,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from task1.cli import CONF  # the config tree, found as task1 finds it (importlib.resources)
+
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 REAL_DATA = ROOT / "data"
 N_TRAIN, N_TEST = 600, 200
 

@@ -6,12 +6,12 @@ from conftest import CONF, compose_cfg
 from hydra.utils import instantiate
 from lightning.pytorch import LightningDataModule, Trainer
 
-from task1.core.build import build_system
+from task1.core.build import build_all, build_system
 from task1.core.config import validate
 from task1.data.module import DataModule
 
 GROUPS = {g: sorted(p.stem for p in (CONF / g).glob("*.yaml")) for g in
-          ("data", "model", "optimizer", "scheduler", "trainer", "logger", "experiment")}
+          ("data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "experiment")}
 
 
 def test_the_groups_offer_what_the_readme_promises():
@@ -19,7 +19,8 @@ def test_the_groups_offer_what_the_readme_promises():
     assert GROUPS["optimizer"] == ["adam", "adamw", "sgd", "sgd_scratch"]
     assert GROUPS["scheduler"] == ["cosine", "multistep", "none", "onecycle", "step"]
     assert {"auto", "cpu", "gpu"} <= set(GROUPS["trainer"])
-    assert {"tensorboard", "csv", "none"} <= set(GROUPS["logger"])
+    assert {"tensorboard", "csv", "mlflow", "none"} <= set(GROUPS["logger"])
+    assert {"early_stopping", "progress_bar", "none"} <= set(GROUPS["callbacks"])
 
 
 def test_default_is_concise_softmax_sgd_lr_0_1_batch_256_10_epochs():
@@ -27,7 +28,8 @@ def test_default_is_concise_softmax_sgd_lr_0_1_batch_256_10_epochs():
     assert cfg.model.net._target_ == "task1.models.torch.SoftmaxRegression"
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.1
     assert cfg.data.batch_size == 256 and cfg.trainer.max_epochs == 10
-    assert cfg.logger._target_.endswith("TensorBoardLogger")
+    assert list(cfg.logger) == ["tensorboard"] and cfg.logger.tensorboard._target_.endswith("TensorBoardLogger")
+    assert not cfg.callbacks
 
 
 @pytest.mark.parametrize("model", GROUPS["model"])
@@ -60,13 +62,24 @@ def test_every_trainer_composes(trainer):
     assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), Trainer)
 
 
-@pytest.mark.parametrize("logger", GROUPS["logger"])
+@pytest.mark.parametrize("logger", [*GROUPS["logger"], "[tensorboard,csv]"])
 def test_every_logger_instantiates(logger, tmp_path):
-    cfg = compose_cfg(f"logger={logger}", f"output_dir={tmp_path}")
-    if logger == "none":
-        assert not cfg.logger
-    else:
-        assert str(tmp_path) in instantiate(cfg.logger).log_dir
+    cfg = compose_cfg(f"logger={logger}", f"output_dir={tmp_path}", f"paths.output_dir={tmp_path}")
+    built = build_all("logger", cfg.logger)
+    assert [type(lg).__name__.removesuffix("Logger").lower() for lg in built] == {
+        "none": [], "mlflow": ["mlflow"], "[tensorboard,csv]": ["tensorboard", "csv"]}.get(logger, [logger])
+    for lg in built:  # everything under the run folder, or (MLflow's store) under paths.output_dir
+        where = lg._tracking_uri if logger == "mlflow" else lg.log_dir
+        assert str(tmp_path) in where, where
+
+
+@pytest.mark.parametrize("callbacks", [*GROUPS["callbacks"], "[early_stopping,progress_bar]"])
+def test_every_callbacks_option_instantiates(callbacks):
+    cfg = compose_cfg(f"callbacks={callbacks}", "output_dir=/tmp/unused")
+    names = [type(c).__name__ for c in build_all("callbacks", cfg.callbacks)]
+    assert names == {"none": [], "early_stopping": ["EarlyStopping"], "progress_bar": ["TQDMProgressBar"]}.get(
+        callbacks, ["EarlyStopping", "TQDMProgressBar"])
+    assert cfg.trainer.enable_progress_bar == ("progress_bar" in callbacks)  # tqdm needs the Trainer's bar on
 
 
 @pytest.mark.parametrize(("config_name", "overrides"), [

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 
 class OptunaSweeper(Sweeper):
-    """Optuna 5 samples, prunes and stores the study; Hydra's launcher runs the trials (conf/hydra/sweeper)."""
+    """Optuna 5 samples, prunes and stores the study; Hydra's launcher runs the trials (conf/hydra/sweeper/ here)."""
 
     def __init__(self, **config: Any) -> None:
         from task1.sweeps.search import Search

@@ -16,16 +16,15 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import plots
+from task1 import Task1Error, error_line, plots
 from task1.core import ddp
 from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning, StopOnRequest
 from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
-from task1.core.config import validate
-from task1.core.hparams import log_hparams
+from task1.core.config import entries, validate
+from task1.core.hparams import log_final
 from task1.core.provenance import provenance
 from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir
 from task1.core.shortcuts import QuietProfiler
@@ -35,11 +34,12 @@ from task1.models.system import System
 from task1.sweeps.jobs import thread_budget
 
 log = logging.getLogger("task1")
-# Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
+# Lightning's advertising: noise in every run's log
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-# on a cluster's login node Lightning advises srun for every local run; task1's SLURM launcher runs jobs under srun
-warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+# a deprecation inside Lightning itself, and the advice to use srun that Lightning gives every local run on a
+# cluster's login node (task1's SLURM launcher runs its jobs under srun)
+LIGHTNING_NOISE = r"(.*LeafSpec|The `srun` command is available on your system but is not used)"
+warnings.filterwarnings("ignore", message=LIGHTNING_NOISE)
 
 
 class Built(NamedTuple):
@@ -56,6 +56,7 @@ class Built(NamedTuple):
 def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     """Validate `cfg`, then build the data module, the system and the trainer (with `callbacks` added)."""
     validate(cfg)
+    check_devices(cfg.trainer)
     out, resume_from = run_folder(cfg)
     set_threads_and_seed(cfg)
     datamodule = DataModule(instantiate(cfg.data))
@@ -149,8 +150,38 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
     return callbacks, predictions
 
 
+def check_devices(trainer: DictConfig) -> None:
+    """A GPU asked for where there is none: task1's one line, not Lightning's exception."""
+    if str(trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise Task1Error(f"trainer.accelerator={trainer.accelerator}: no GPU found: use trainer=cpu or trainer=auto.")
+
+
+def build_all(path: str, node) -> list:
+    """Every class a logger or callbacks node names (task1.core.config.entries), built; one that cannot be built
+    (an extra not installed) is a Task1Error naming it."""
+    built = []
+    for name, entry in entries(node).items():
+        store = str(entry.get("tracking_uri") or "")
+        if store.startswith("sqlite:///"):  # MLflow's SQLite store: SQLite makes the file, not its folder
+            Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            built.append(instantiate(entry))
+        except Exception as e:
+            cause = e
+            while cause.__cause__ is not None:  # Hydra wraps what went wrong
+                cause = cause.__cause__
+            where = f"{path}.{name}" if name else path
+            raise Task1Error(f"{where} ({entry._target_}) cannot be built: {error_line(cause)}. Install what it "
+                             f"needs (MLflow: pip install 'task1[mlflow]'), or fix its settings.") from e
+    return built
+
+
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Trainer:
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    """The Trainer with task1's `callbacks`, then the user's (`callbacks=[...]`, `+trainer.callbacks=[...]`),
+    and every logger `cfg.logger` names."""
+    loggers = build_all("logger", cfg.get("logger"))
+    callbacks = [*callbacks, *build_all("callbacks", cfg.get("callbacks")),
+                 *build_all("trainer.callbacks", cfg.trainer.get("callbacks"))]
     if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
         ddp.prepare_ddp_relaunch(out, cfg.get("resume"))
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
@@ -160,7 +191,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Tr
         # would write hpc_ckpt files that a later fit and test load in place of the run's weights
         plugins.append(SLURMEnvironment(auto_requeue=False))
         callbacks = [*callbacks, StopOnRequest()]
-    return instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=plugins,
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, plugins=plugins,
                        default_root_dir=str(out), deterministic=cfg.seed is not None, **profiler)
 
 
@@ -177,6 +208,11 @@ def summary_table(final: dict) -> str:
 
 def train(cfg: DictConfig) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
+    return fit(cfg)[0]
+
+
+def fit(cfg: DictConfig) -> tuple[dict, System]:
+    """`train(cfg)`, also returning the trained LightningModule."""
     start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     datamodule, system, trainer, out, resume_from, predictions = build(cfg)
     pruning = next((c for c in trainer.callbacks if isinstance(c, Pruning)), None)
@@ -197,7 +233,10 @@ def train(cfg: DictConfig) -> dict:
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
     final.update({k: float(v) for k, v in test.items()})
+    # a callback stopped the run (EarlyStopping), or a limit on steps or time: fewer epochs than max_epochs
+    stopped_early = not pruned and len(system.history) < trainer.max_epochs
     metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
+               "max_epochs": trainer.max_epochs, "stopped_early": stopped_early,
                "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
                "final": final, "history": system.history, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
@@ -207,16 +246,15 @@ def train(cfg: DictConfig) -> dict:
                        w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
     if predictions:
         metrics["per_class_acc"] = predictions.per_class_acc
-    if pruned:
-        log.info("the search pruned this trial after epoch %d of %d", len(system.history), trainer.max_epochs)
+    if pruned or stopped_early:
+        log.info("%s after epoch %d of %d", "the search pruned this trial" if pruned else "stopped early",
+                 len(system.history), trainer.max_epochs)
     if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
         log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         if (cfg.get("figures") or {}).get("enabled"):
             plots.run_figures(metrics, out / "figures")
-        for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
-            if isinstance(lg, TensorBoardLogger):
-                log_hparams(lg, system.hparams["config"], final, trainer.global_step)
+        log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
         log.info("final metrics (%s)\n%s", out, summary_table(final))
-    return metrics
+    return metrics, system

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from task1 import Task1Error, error_line
 
@@ -103,12 +103,14 @@ FIELDS: dict[str, Spec] = {
     "trainer.max_epochs": _positive_int(),
     "trainer.log_every_n_steps": _positive_int(),
 }
+# nodes whose entries, of any name, each name a class: several loggers (logger=[tensorboard,mlflow]), callbacks
+COLLECTIONS = ("logger", "callbacks")
 # keys a node holds for task1 itself, beside the arguments of the class it names
 OWN_KEYS = {"scheduler": {"interval", "frequency"}}
 # what task1 reads from the nodes that name no class ("": the top level); a node missing here (scheduler=none)
 # has nothing read. Keys another value interpolates (`${model.num_hiddens}` in model.net) count as read too.
 READS: dict[str, set[str]] = {
-    "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "seed", "threads", "output_dir",
+    "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "seed", "threads", "output_dir",
          "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric", "paths",
          "optuna", "show", "lr_schedule", "reported"},  # optuna: a search's trial; then the tools' own
     "model": {"net", "loss", "task", "loss_reduction"},
@@ -241,27 +243,50 @@ def _interpolated(tree: Any, found: set[str] | None = None) -> set[str]:
     return found
 
 
+def entries(node: Any) -> dict[str, Any]:
+    """The classes a logger or callbacks node names, by entry name: one node with a `_target_` (`""`; a run saved
+    before loggers were named), a dict of such nodes, or a list of them; empty entries (`logger.csv=null`) left out."""
+    if not node:
+        return {}
+    if isinstance(node, list | ListConfig):
+        return {str(i): n for i, n in enumerate(node) if n}
+    if "_target_" in node:
+        return {"": node}
+    return {str(k): v for k, v in node.items() if v}
+
+
 def _check_tree(cfg: DictConfig) -> None:
     """No key that nothing reads: nodes naming a class take its arguments, the others what task1 reads."""
     tree = OmegaConf.to_container(cfg, resolve=False)  # unresolved: ${hydra:...} needs a running Hydra app
     used = _interpolated(tree)
     targets = []
 
-    def walk(path: str, node: dict) -> None:
+    def walk(path: str, node: dict | list) -> None:
         if "_target_" in node:
             targets.append(path)
+            return
+        if path in COLLECTIONS:
+            for key, entry in entries(node).items():
+                if not isinstance(entry, dict) or "_target_" not in entry:
+                    raise Task1Error(f"{path}.{key} names no class: give it a _target_ ({path}.{key}."
+                                     f"_target_=<module.Class>), or drop it with {path}.{key}=null.")
+                targets.append(f"{path}.{key}")
             return
         prefix = f"{path}." if path else ""
         names = READS.get(path, set()) | {u[len(prefix):].split(".")[0] for u in used if u.startswith(prefix)}
         for key, value in node.items():
             if key not in names:
                 raise _unknown(prefix + str(key), path or "the config", names)
-            if isinstance(value, dict):
+            if isinstance(value, dict) or (prefix + str(key) in COLLECTIONS and isinstance(value, list)):
                 walk(prefix + str(key), value)
 
     walk("", tree)
     for path in targets:  # after the plain keys: looking a class up can take an import
         _check_keys(path, OmegaConf.select(cfg, path))
+    for key, node in entries(OmegaConf.select(cfg, "trainer.callbacks")).items():  # +trainer.callbacks=[...]
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            raise Task1Error(f"trainer.callbacks: {node} names no class: give each callback a _target_.")
+        _check_keys(f"trainer.callbacks.{key}".rstrip("."), node)
 
 
 def _train_size(data: DictConfig) -> int | None:
@@ -273,12 +298,17 @@ def _train_size(data: DictConfig) -> int | None:
     return None
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
+def check_values(cfg: DictConfig) -> None:
+    """Raise Task1Error naming the first field of FIELDS whose value is wrong (also in a run's resolved config)."""
     for path, spec in FIELDS.items():
         value = OmegaConf.select(cfg, path, default="<absent>")
         if value != "<absent>" and not spec.check(value):
             _fail(path, value, spec.describe())
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
+    check_values(cfg)
     _check_tree(cfg)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):

@@ -1,6 +1,10 @@
-"""The HParams tab of TensorBoard: each run's hyperparameters beside its final metrics."""
+"""Each run's hyperparameters beside its final metrics, for every logger: TensorBoard's HParams tab, MLflow's
+parameters, CSV's hparams.yaml; and the run's figures where the logger keeps files (MLflow's artifacts)."""
+
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
@@ -11,8 +15,8 @@ _NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "mode
 
 
 def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tuple[dict, dict]:
-    """The HParams tab's view of a run: the config groups chosen (model=mlp) and the config's scalars as
-    hyperparameters, the final metrics as hparams/*."""
+    """A run as hyperparameters and final metrics: the config groups chosen (model=mlp) and the config's scalars
+    as hyperparameters, the final metrics as hparams/*."""
     flat = {k: str(v) for k, v in (choices or {}).items()
             if not k.startswith("hydra/") and k != "paths" and v is not None}
 
@@ -28,18 +32,32 @@ def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tu
     return flat, {f"hparams/{k}": v for k, v in final.items()}
 
 
-def log_hparams(logger, config: dict, final: dict, step: int) -> None:
+def log_hparams(logger: TensorBoardLogger, params: dict, metrics: dict, step: int) -> None:
     """Record this run in the HParams tab of a Lightning TensorBoardLogger: hyperparameters and final metrics.
 
     Only the session is written, no experiment summary: TensorBoard then builds the table from every run's
     session, so jobs with different keys (optimizer=sgd,adam) all show theirs (given one summary per run, it
     takes the first run's columns for all).
     """
-    choices = OmegaConf.to_container(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
-    params, metrics = hparams_record(config, final, choices)
     logger.log_metrics(metrics, step)
     _, start, end = hparams(params, metrics)
     writer = logger.experiment._get_file_writer()
     writer.add_summary(start, step)
     writer.add_summary(end, step)
     writer.flush()
+
+
+def log_final(loggers: list[Logger], config: dict, final: dict, step: int, figures: Path) -> None:
+    """Give every logger the run's hyperparameters and final metrics (the per-epoch metrics they had from
+    Lightning), and MLflow the PNGs in `figures` as artifacts (TensorBoard has them as images already)."""
+    choices = OmegaConf.to_container(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else None
+    params, metrics = hparams_record(config, final, choices)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            log_hparams(logger, params, metrics, step)
+            continue
+        logger.log_hyperparams(params)
+        logger.log_metrics(metrics, step)
+        if isinstance(logger, MLFlowLogger) and figures.is_dir():
+            logger.experiment.log_artifacts(logger.run_id, str(figures), "figures")
+        logger.save()

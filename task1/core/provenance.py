@@ -1,4 +1,5 @@
-"""What a run needs to be run again: library versions, the machine, and the project's git commit."""
+"""What a run needs to be run again: task1's and the libraries' versions (from the installed metadata), the machine,
+and, when task1 runs from a git checkout, its commit."""
 
 import platform
 import subprocess
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("torch", "torchvision", "lightning", "hydra-core", "omegaconf", "numpy")
-ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("task1", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "numpy")
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, when task1 runs from one (editable install, or sys.path)
+CHECKOUT = (ROOT / ".git").exists()  # a wheel's site-packages may lie inside some other repository: not its commit
 
 
 def _version(name: str) -> str | None:
@@ -28,8 +30,9 @@ def _git(*args: str) -> str | None:
 
 
 def provenance() -> dict:
-    """Versions of python and the libraries, the CPU, the command, and the git commit with a dirty flag."""
-    commit = _git("rev-parse", "HEAD")
+    """Versions of python, task1 and the libraries, the CPU, the command, and the checkout's git commit with a dirty
+    flag (both null for an installed wheel)."""
+    commit = _git("rev-parse", "HEAD") if CHECKOUT else None
     # untracked files (run folders, data) do not make a checkout dirty; edited tracked files do
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
     return {

@@ -10,6 +10,7 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from task1 import Task1Error, cli, error_line
 from task1.io import dotted, write_json
@@ -56,7 +57,14 @@ class WritableFolder(Callback):
 
 def run_dir(cfg: DictConfig) -> Path:
     """The folder a run trains into: the run it resumes, else its own output_dir."""
-    return Path(cfg.get("resume") or cfg.output_dir)
+    if cfg.get("resume"):
+        return Path(cfg.resume)
+    try:
+        return Path(cfg.output_dir)
+    except InterpolationResolutionError:  # `${hydra:runtime.output_dir}` outside a Hydra app
+        raise Task1Error("output_dir=${hydra:runtime.output_dir} has no value outside a Hydra app: train the "
+                         "config with task1.api.train(cfg), which gives it a run folder, or set output_dir=<folder>."
+                         ) from None
 
 
 def check_run_folder(out: Path, resuming: bool) -> Path | None:

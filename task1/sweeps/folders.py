@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
+from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
 from task1.io import locked, read_json, write_json
 
@@ -217,9 +218,7 @@ def _clear(out: Path, cfg: DictConfig) -> None:
     """Remove what an earlier attempt that stopped before its first checkpoint left: its metrics and logger
     files (there is no checkpoint: nothing of value is lost)."""
     (out / "metrics.json").unlink(missing_ok=True)
-    folders = []
-    if cfg.get("logger") and cfg.logger.get("name"):
-        folders.append(Path(cfg.logger.save_dir) / cfg.logger.name)
+    folders = [Path(lg.save_dir) / lg.name for lg in entries(cfg.get("logger")).values() if lg.get("name")]
     for folder in folders:
         if folder.resolve().is_relative_to(out.resolve()):  # never outside the job's folder
             shutil.rmtree(folder, ignore_errors=True)

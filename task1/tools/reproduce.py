@@ -35,11 +35,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from task1 import Task1Error
-from task1.cli import exit_on_error, paths
+from task1.cli import CONF, exit_on_error, paths
 from task1.io import natural_key, write_atomic, write_json
 
-ROOT = Path(__file__).resolve().parents[2]
-EXPERIMENTS = ROOT / "conf" / "experiment"
+EXPERIMENTS = CONF / "experiment"
 ACC_TOL, PARAM_TOL, LOSS_P = 0.02, 0.01, 0.99
 
 
@@ -60,7 +59,7 @@ def sweep(experiments: list[str], seeds: list[int], runs: Path, overrides: list[
            f"seed={','.join(map(str, seeds))}", f"hydra.sweep.dir={runs}",
            "hydra.sweep.subdir=${hydra.runtime.choices.experiment}/seed_${seed}", *overrides]
     print("+ " + " ".join(cmd[1:]), flush=True)
-    return subprocess.run(cmd, cwd=ROOT).returncode
+    return subprocess.run(cmd).returncode
 
 
 def _stats(values: list[float]) -> dict:
@@ -220,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds
     if args.no_run and not args.out:
         parser.error("--no-run needs --out, the folder of an earlier reproduction")
-    # relative paths are relative to ROOT, where the runs start
+    # relative paths are relative to the folder the command runs in, as the runs' are
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    out = Path(args.out or ROOT / paths(args.overrides)["output_dir"] / "reproduce" / stamp).resolve()
+    out = Path(args.out or Path(paths(args.overrides)["output_dir"]) / "reproduce" / stamp).resolve()
     start = time.perf_counter()
     status = 0 if args.no_run else sweep(experiments, seeds, out / "runs", args.overrides)
     results = collect(experiments, seeds, out / "runs")
