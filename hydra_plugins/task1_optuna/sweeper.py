@@ -1,14 +1,21 @@
-"""The Hydra plugin `hydra/sweeper=optuna_search`: a thin door to task1.sweeps.search.Search.
+"""The Hydra plugins of task1's Optuna search: the sweeper `hydra/sweeper=optuna_search`, a thin door to
+task1.sweeps.search.Search, and the search path that lets any Hydra app find its configs (the sweeper and its
+`sampler` and `pruner` groups in conf/hydra/sweeper/ beside this file), as hydra-optuna-sweeper's are found.
 
 Hydra imports every module under hydra_plugins at each start, also for `--help` or a single run, so this one
 imports Hydra alone; Optuna and task1 come in when a search is set up.
 """
 
+from pathlib import Path
 from typing import Any
 
+from hydra.core.config_search_path import ConfigSearchPath
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
+
+CONF = Path(__file__).resolve().parent / "conf"
 
 
 class OptunaSweeper(Sweeper):
@@ -24,3 +31,11 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         self.search.sweep(arguments)
+
+
+class OptunaSearchPath(SearchPathPlugin):
+    """After the app's own configs (which may override ours) and before Hydra's structured configs, where
+    hydra-optuna-sweeper registers its `hydra/sweeper/sampler` options: beside it, task1's options are found."""
+
+    def manipulate_search_path(self, search_path: ConfigSearchPath) -> None:
+        search_path.append(provider="task1-optuna", path=f"file://{CONF}")

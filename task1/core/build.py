@@ -31,7 +31,7 @@ from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
 from task1.models.system import System
-from task1.sweeps.jobs import thread_budget
+from task1.sweeps.jobs import search_trial, thread_budget
 
 log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
@@ -134,11 +134,16 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     callbacks, predictions = [FiniteLoss(), best, last, *extra], None
-    if cfg.get("optuna"):  # a trial of an Optuna search (task1.sweeps.search): only then is Optuna imported
-        from task1.sweeps.trial import open_trial
+    in_search = search_trial() is not None
+    if in_search or str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+        # a trial of task1's Optuna search: only then is Optuna imported. Under DDP every rank takes part in the
+        # decision that rank 0 makes, also a rank that Lightning started (it has no trial), and any DDP run
+        trial = None
+        if in_search:
+            from task1.sweeps.trial import open_trial
 
-        # every rank takes part in the decision, also a DDP rank that Lightning started (it has no trial)
-        callbacks.append(Pruning(open_trial(cfg.optuna), cfg.get("optimized_metric") or monitor))
+            trial = open_trial()
+        callbacks.append(Pruning(trial, cfg.get("optimized_metric") or monitor))
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])

@@ -5,7 +5,8 @@ before Hydra writes the job's `.hydra/` into it: the folder whose `.hydra/overri
 overrides, when an earlier start of the sweep made one; else `<job number>` as in any fresh sweep; else, when
 that number belongs to another job (a value was added to a swept list), the next free number. Then, in the
 job, `continue_job` reads what the folder holds: a completed job is reused, an interrupted one resumes from its
-`checkpoints/last.ckpt`, a failed one starts afresh.
+`checkpoints/last.ckpt`, a failed one starts afresh. A trial of task1's Optuna search is a new job each time:
+trial N is job N, in folder N.
 
 The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): the task
 function refers to this module, so unpickling it there imports the module, which registers the resolver.
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
+from task1.sweeps.jobs import is_search
 
 log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
@@ -67,6 +69,8 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
     num = OmegaConf.select(_root_, "hydra.job.num", default=None)
     if num is None or OmegaConf.select(_root_, "hydra.mode") != RunMode.MULTIRUN:
         return str(num)  # a config printed outside a sweep's job: no folder to look up or claim
+    if is_search(_root_.hydra):  # an Optuna search's trial N is job N, a new job each: its folder is N
+        return str(num)
     overrides = OmegaConf.to_container(_root_.hydra.overrides.task)
     return job_folder(Path(str(_root_.hydra.sweep.dir)), int(num), overrides)
 

@@ -42,7 +42,7 @@ def read_jobs(sweep: Path) -> list[dict]:
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         # no metrics.json: the job was killed (or is still running) before it could write one
-        # +optuna.*: where an Optuna search's job finds its trial, not a parameter (the job folder is the trial)
+        # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
         jobs.append({"job": name, "overrides": dict(pairs),
                      "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
