@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from test_sweeps import jobs_of, report_rows, sweep_cli
 
 from task1 import Task1Error
+from task1.sweeps.search import Search
 from task1.sweeps.space import override_value, search_space
 
 # Trials at lr 0.5 pass val/acc 0.5 by their second epoch on the generated data, trials at lr 1e-4 never do and
@@ -202,6 +203,27 @@ def test_every_pruner_option_builds(pruner, kind):
         overrides.append("hydra.sweeper.pruner.lower=0.5")
     cfg = with_hydra(*overrides)
     assert type(instantiate(cfg.hydra.sweeper.pruner)).__name__ == kind
+
+
+SAMPLERS = sorted(p.stem for p in (ROOT / "hydra_plugins/task1_optuna/conf/hydra/sweeper/sampler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_option_builds_and_samples(sampler):
+    # each option of hydra/sweeper/sampler with Optuna 5 and the extra's dependencies (scipy, cmaes), past its
+    # start-up trials, through the sweeper's own building (the grid gets the search space)
+    assert SAMPLERS == ["cmaes", "gp", "grid", "nsgaii", "qmc", "random", "tpe"]
+    past = ["hydra.sweeper.sampler.n_startup_trials=1"] if sampler in ("cmaes", "gp", "tpe") else []
+    cfg = with_hydra("hparams_search=optuna", f"hydra/sweeper/sampler={sampler}", "seed=3", *past).hydra.sweeper
+    space, _ = search_space(["x=choice(0.5, 1.5, 2.5)", "y=range(1, 4)", "z=interval(0, 1)"])
+    if sampler == "grid":
+        space.pop("z")  # an interval has no grid
+    search = Search(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    study = optuna.create_study(sampler=search._sampler(space, 0))
+    for _ in range(4):
+        trial = study.ask(space)
+        study.tell(trial, trial.params["x"] * trial.params["y"] + trial.params.get("z", 0))
+    assert type(study.sampler).__name__ == cfg.sampler._target_.rsplit(".", 1)[1] and len(study.trials) == 4
 
 
 def test_search_space_reads_hydra_sweeps_and_the_command_line_wins():

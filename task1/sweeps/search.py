@@ -205,8 +205,10 @@ class Search(Sweeper):
             log.warning("trial %d was left running by a search that stopped: recorded as failed", stale.number)
             study.tell(stale.number, state=TrialState.FAIL)
         total = self.n_trials
-        if isinstance(study.sampler, GridSampler):
+        if isinstance(study.sampler, GridSampler):  # each point once
             total = min(total, math.prod(len(v) for v in grid(space).values()))
+            if total < self.n_trials:
+                log.info("n_trials=%d cut to the grid's %d points", self.n_trials, total)
         done = len(study.get_trials(deepcopy=False))
         log.info("study %r: %d of %d trials done; sampler %s, pruner %s; to watch it: optuna-dashboard %s",
                  study.study_name, done, total, type(study.sampler).__name__, type(study.pruner).__name__, storage)
