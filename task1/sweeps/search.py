@@ -287,9 +287,10 @@ class Search(Sweeper):
         trials = study.get_trials(deepcopy=False)
         directions = [d.name.lower() for d in study.directions]
         results: dict[str, Any] = {"name": "optuna", "study_name": study.study_name, "storage": storage,
-                                   "direction": directions[0] if len(directions) == 1 else directions,
-                                   "n_trials": len(trials),
-                                   "states": dict(Counter(t.state.name.lower() for t in trials))}
+                                   "direction": directions[0] if len(directions) == 1 else directions}
+        if self.config.get("optimized_metric"):  # a task1 search: what the sweep report ranks as the study does
+            results["optimized_metric"] = self.config.optimized_metric
+        results.update(n_trials=len(trials), states=dict(Counter(t.state.name.lower() for t in trials)))
         if not any(t.state == TrialState.COMPLETE for t in trials):
             log.warning("no trial completed: there is no best one")
         elif len(directions) == 1:
