@@ -1,6 +1,8 @@
 """The sweep report ranks as the search did (or as told), refuses a metric the jobs do not have, and draws each
 swept parameter so that its points can be told apart and its axis read."""
 
+import itertools
+
 import pytest
 import yaml
 from conftest import run_cli
@@ -78,4 +80,4 @@ def test_log_axes_with_few_values_get_readable_ticks(tmp_path):
     assert by_wd.get_xscale() == "symlog"  # 0 and the decades apart, each labelled once
     assert [t.get_text() for t in by_wd.get_xticklabels()] == ["0", "1e-05", "0.0001", "0.001"]
     positions = by_wd.transData.transform([(float(wd), 0) for wd in decays])[:, 0]
-    assert min(b - a for a, b in zip(positions, positions[1:], strict=False)) > 30  # pixels apart: no overlap
+    assert min(b - a for a, b in itertools.pairwise(positions)) > 30  # pixels apart: no overlap
