@@ -1,22 +1,30 @@
 """Figures for people: image grids with labels, confusion matrices, learning curves, regression fits, lr schedules.
 
 Every function returns a matplotlib `Figure` built without pyplot, so nothing needs a display and no global
-figure state leaks between runs; `save` writes it as PNG, `to_array` renders it for TensorBoard.
+figure state leaks between runs; `save` writes it as PNG, `to_array` renders it for TensorBoard. They take
+NumPy arrays or CPU tensors and import no torch: task1.drawer draws them in a process of their own.
 """
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imsave
 from matplotlib.ticker import MaxNLocator
 
+from task1.io import write_atomic
+
 DPI = 100
 MISTAKE = "tab:red"
+
+
+def _numpy(x) -> np.ndarray:
+    """An array, a list or a CPU tensor as a NumPy array."""
+    return x.detach().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def to_array(fig: Figure) -> np.ndarray:
@@ -27,14 +35,22 @@ def to_array(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
+def png(image: np.ndarray) -> bytes:
+    """An image from `to_array` as PNG bytes: for the file and for TensorBoard, encoded once."""
+    buf = io.BytesIO()
+    imsave(buf, image, format="png")
+    return buf.getvalue()
+
+
 def save(figure: Figure | np.ndarray, path: Path) -> Path:
-    """Write a figure, or one already rendered by `to_array` (drawing is the slow part), as a PNG; return the path."""
+    """Write a figure, or one already rendered by `to_array` (drawing is the slow part), as a PNG (atomically);
+    return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    imsave(path, figure if isinstance(figure, np.ndarray) else to_array(figure))
+    write_atomic(path, png(figure if isinstance(figure, np.ndarray) else to_array(figure)))
     return path
 
 
-def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes: Sequence[bool] | None = None,
+def image_grid(X, titles: Sequence[str], ncols: int = 8, mistakes: Sequence[bool] | None = None,
                title: str = "", scale: float = 1.3) -> Figure:
     """d2l's `show_images`: grey images with their titles (titles of `mistakes` in red), `scale` inches each.
 
@@ -46,7 +62,7 @@ def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes:
     band = 0.35  # inches above each image for its title (two lines)
     height = nrows * (scale + band) + (0.3 if title else 0.05)
     fig = Figure(figsize=(ncols * scale, height), dpi=DPI)
-    images = X.detach().float().cpu().reshape(n, *X.shape[-2:]).numpy()  # (n, h, w)
+    images = _numpy(X).astype(np.float32).reshape(n, *X.shape[-2:])  # (n, h, w)
     h, w = images.shape[1:]
     pad = round(0.04 * w)  # image pixels between neighbours
     cell_w = w + 2 * pad
@@ -68,18 +84,17 @@ def image_grid(X: torch.Tensor, titles: Sequence[str], ncols: int = 8, mistakes:
     return fig
 
 
-def prediction_grid(X: torch.Tensor, y: torch.Tensor, y_hat: torch.Tensor, names: Sequence[str],
-                    ncols: int = 8) -> Figure:
-    """Examples titled "true / predicted" (d2l 3.6's final figure); mistakes in red with an x."""
-    wrong = (y != y_hat).tolist()
-    titles = [f"{names[t]}\n{'x ' if w else ''}{names[p]}" for t, p, w in zip(y.tolist(), y_hat.tolist(), wrong,
-                                                                              strict=True)]
+def prediction_grid(X, y, y_hat, names: Sequence[str], ncols: int = 8) -> Figure:
+    """Examples (n, 1, h, w) titled "true / predicted" (d2l 3.6's final figure); mistakes in red with an x."""
+    y, y_hat = _numpy(y).tolist(), _numpy(y_hat).tolist()
+    wrong = [t != p for t, p in zip(y, y_hat, strict=True)]
+    titles = [f"{names[t]}\n{'x ' if w else ''}{names[p]}" for t, p, w in zip(y, y_hat, wrong, strict=True)]
     return image_grid(X, titles, ncols=ncols, mistakes=wrong, title="true / predicted (red: mistake)")
 
 
-def confusion_figure(confusion: torch.Tensor, names: Sequence[str], title: str = "") -> Figure:
+def confusion_figure(confusion, names: Sequence[str], title: str = "") -> Figure:
     """Rows: true class, columns: predicted class; colour is the row's fraction, numbers are counts."""
-    counts = confusion.detach().cpu().long().numpy()
+    counts = _numpy(confusion).astype(np.int64)
     fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     k = len(names)
     fig = Figure(figsize=(1.4 + 0.45 * k, 1.2 + 0.42 * k), dpi=DPI)
@@ -191,13 +206,13 @@ def lr_figure(lrs: Sequence[float], steps_per_epoch: int, title: str = "") -> Fi
     return fig
 
 
-def scatter_figure(X: torch.Tensor, y: torch.Tensor) -> Figure:
+def scatter_figure(X, y) -> Figure:
     """d2l 3.2's look at synthetic data: the label against each feature."""
-    X, y = X.detach().cpu(), y.detach().cpu().reshape(-1)
+    X, y = _numpy(X), _numpy(y).reshape(-1)
     k = X.shape[1]
     fig = Figure(figsize=(3.6 * k, 3.2), dpi=DPI)
     for i, ax in enumerate(fig.subplots(1, k, squeeze=False).ravel()):
-        ax.scatter(X[:, i].numpy(), y.numpy(), s=2)
+        ax.scatter(X[:, i], y, s=2)
         ax.set_xlabel(f"feature {i}")
         ax.set_ylabel("label")
     fig.tight_layout()
@@ -206,7 +221,7 @@ def scatter_figure(X: torch.Tensor, y: torch.Tensor) -> Figure:
 
 def run_figures(metrics: dict, out_dir: Path) -> list[Path]:
     """A finished run's `curves.png` and, for linear regression, `regression.png`, from its metrics.json."""
-    history = metrics.get("history") or []
+    history, out_dir = metrics.get("history") or [], Path(out_dir)
     paths = [save(learning_curves({"": history}), out_dir / "curves.png")] if history else []
     if history and "true_w" in metrics and "w" in history[0]:
         fig = regression_figure(history, metrics["true_w"], metrics["true_b"])

@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import plots
+from task1 import drawer
 from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning
 from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
 from task1.core.config import validate
@@ -31,7 +31,7 @@ from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
 from task1.models.system import System
-from task1.sweeps.jobs import search_trial, thread_budget
+from task1.sweeps.jobs import in_sweep, search_trial, thread_budget
 
 log = logging.getLogger("task1")
 # Lightning's advertising and a deprecation inside Lightning itself: noise in every run's log
@@ -61,6 +61,8 @@ def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     save_config(system, cfg, out)
     callbacks, predictions = make_callbacks(cfg, out, system, datamodule, callbacks)
     trainer = build_trainer(cfg, out, callbacks)
+    if (cfg.get("figures") or {}).get("enabled") and trainer.is_global_zero:
+        drawer.start()  # it imports matplotlib while the run trains
     return Built(datamodule, system, trainer, out, resume_from, predictions)
 
 
@@ -208,9 +210,11 @@ def train(cfg: DictConfig) -> dict:
     if trainer.is_global_zero:
         write_json(out / "metrics.json", metrics)
         if (cfg.get("figures") or {}).get("enabled"):
-            plots.run_figures(metrics, out / "figures")
+            figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
+            drawer.draw("run_figures", (figures, out / "figures"))
         for lg in trainer.loggers:  # the HParams tab: this run's hyperparameters with its final metrics
             if isinstance(lg, TensorBoardLogger):
                 log_hparams(lg, system.hparams["config"], final, trainer.global_step)
         log.info("final metrics (%s)\n%s", out, summary_table(final))
+        drawer.settle(in_sweep())  # a sweep's next job trains while this one's figures are drawn
     return metrics

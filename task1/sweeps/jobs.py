@@ -30,6 +30,11 @@ def thread_budget(threads: int | None) -> int | None:
     return max(1, cores // min(parallel, cores))
 
 
+def in_sweep() -> bool:
+    """Whether this process runs a job of a multirun (whatever its sweeper)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def is_search(hydra: DictConfig) -> bool:
     """Whether `hydra` (a config's hydra node) is that of a job of task1's Optuna search."""
     return hydra.get("mode") == RunMode.MULTIRUN and OmegaConf.select(hydra, "sweeper._target_") == SEARCH
