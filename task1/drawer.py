@@ -35,14 +35,16 @@ Board = tuple[str, str, int]  # a TensorBoard log folder, the image's tag, its s
 
 
 def draw_one(name: str, args: tuple, path: str | None, boards: list[Board], events: dict) -> None:
-    """task1.plots.<name>(*args); when `path` is given, the figure it returns saved there as a PNG and logged
-    to each of `boards`. `events` keeps the event file writer of the last log folder."""
+    """task1.plots.<name>(*args); when `path` is given, the figure (or image) it returns saved there as a PNG
+    and logged to each of `boards`. `events` keeps the event file writer of the last log folder."""
+    import numpy as np
+
     from task1 import plots
 
     result = getattr(plots, name)(*args)
     if path is None:  # the function saved its own files
         return
-    image = plots.to_array(result)
+    image = result if isinstance(result, np.ndarray) else plots.to_array(result)  # framed: rendered already
     data = plots.png(image)
     _write(Path(path), data)
     for folder, tag, step in boards:

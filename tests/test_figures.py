@@ -169,3 +169,17 @@ def test_the_drawer_imports_no_torch_and_without_it_the_run_draws(tmp_path, monk
     monkeypatch.setattr(drawer, "Drawer", cannot_start)
     drawer.draw("confusion_figure", confusion, tmp_path / "here.png", [(str(tmp_path / "tb2"), "val/confusion", 1)])
     assert png_size(tmp_path / "here.png") == (590, 540) and "val/confusion" in tensorboard_images(tmp_path / "tb2")
+
+
+def test_a_framed_figure_is_the_fresh_figure_pixel_for_pixel():
+    # the drawer draws every grid and matrix over the kept frame of the last one; the pixels are a fresh figure's
+    from task1 import plots
+
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # the second over the first one's frame
+        counts = rng.integers(0, 900, (10, 10)) * (rng.random((10, 10)) > 0.3)
+        X, y, y_hat = rng.random((24, 1, 28, 28)), rng.integers(0, 10, 24), rng.integers(0, 10, 24)
+        assert np.array_equal(plots.confusion_figure(counts, LABELS, "val", framed=True),
+                              plots.to_array(plots.confusion_figure(counts, LABELS, "val")))
+        assert np.array_equal(plots.prediction_grid(X, y, y_hat, LABELS, framed=True),
+                              plots.to_array(plots.prediction_grid(X, y, y_hat, LABELS)))

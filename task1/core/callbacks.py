@@ -123,8 +123,9 @@ class PredictionFigures(L.Callback):
         if not trainer.is_global_zero:
             return
         X, y, y_hat = (torch.cat(parts).numpy() for parts in zip(*self._examples, strict=True))
-        figures = {f"{split}/predictions": ("prediction_grid", (X, y, y_hat, self.names)),
-                   f"{split}/confusion": ("confusion_figure", (confusion.numpy(), self.names, split))}
+        # framed: each drawn over the kept frame of the last one of its kind (task1.plots.Frame)
+        figures = {f"{split}/predictions": ("prediction_grid", (X, y, y_hat, self.names, 8, True)),
+                   f"{split}/confusion": ("confusion_figure", (confusion.numpy(), self.names, split, True))}
         for tag, (name, args) in figures.items():
             boards = [(lg.log_dir, tag, trainer.global_step) for lg in trainer.loggers
                       if isinstance(lg, TensorBoardLogger)]
