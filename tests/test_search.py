@@ -268,6 +268,19 @@ def test_tiny_search_benchmark_runs_both_searches(tmp_path):
                                                                "best_val_acc": pytest.approx(nop["best_val_acc"])}
 
 
+@pytest.mark.slow
+def test_tiny_search_benchmark_compares_asynchronous_with_batched_trials(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_bench.py"), "--tiny", "--launch",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    bench = json.loads((tmp_path / "search_bench.json").read_text())
+    runs = bench["runs"]
+    assert set(runs) == {"asynchronous", "batched"} and bench["compared"] == "asynchronous/batched"
+    assert all(sum(r["trials"].values()) == 4 for r in runs.values())
+    assert bench["wall_ratio"] == pytest.approx(runs["asynchronous"]["wall_s"] / runs["batched"]["wall_s"], abs=1e-3)
+    assert "asynchronous/batched: wall time" in result.stdout and "replay_of_nop" not in bench
+
+
 def test_training_and_hydra_start_import_no_optuna():
     # Hydra imports every hydra_plugins module at each start; training imports Optuna only for a search's trial
     code = ("import sys, task1.core.build, hydra_plugins.task1_optuna.sweeper; "
