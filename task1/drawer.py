@@ -221,9 +221,9 @@ def draw(name: str, args: tuple, path: Path | None = None, boards: list[Board] |
         close(_inline)
 
 
-def settle(in_sweep: bool) -> None:
-    """The end of a run: its figures on disk before it returns, unless it is a sweep's job (see the module)."""
-    if _drawer is not None and not in_sweep:
+def settle() -> None:
+    """Return once every figure handed over is on disk (a single run's end; a sweep's job does not wait)."""
+    if _drawer is not None:
         _drawer.wait()
 
 

@@ -150,7 +150,7 @@ def test_the_drawer_imports_no_torch_and_without_it_the_run_draws(tmp_path, monk
     confusion = (np.eye(10, dtype=np.int64) * 5 + 1, LABELS, "val")
     drawer.start()
     drawer.draw("confusion_figure", confusion, tmp_path / "drawn.png", [(str(tmp_path / "tb"), "val/confusion", 3)])
-    drawer.settle(in_sweep=False)
+    drawer.settle()
     assert png_size(tmp_path / "drawn.png") == (590, 540)
     (image,) = tensorboard_images(tmp_path / "tb")["val/confusion"]
     assert (image.step, image.width, image.height) == (3, 590, 540)
@@ -159,7 +159,7 @@ def test_the_drawer_imports_no_torch_and_without_it_the_run_draws(tmp_path, monk
     drawer._drawer.close()
     assert not drawer._drawer.alive
     drawer.draw("confusion_figure", confusion, tmp_path / "again.png")
-    drawer.settle(in_sweep=False)
+    drawer.settle()
     assert png_size(tmp_path / "again.png") == (590, 540)
 
     def cannot_start():

@@ -18,10 +18,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from task1 import Task1Error
+from task1.sweeps.search import storage_spec
 from task1.sweeps.space import distribution, grid, search_space
 
 # The plugin's documented examples: each app's objective and its config, hydra/sweeper: optuna_search standing for
@@ -340,3 +342,14 @@ def test_both_sweepers_work_with_the_official_plugin_installed(tmp_path):
         found = results(sweep)
         assert found["name"] == "optuna" and math.isfinite(found["best_value"])
         assert ("n_trials" in found) == (name == "ours")  # task1's results also count the study's trials
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    (None, "/runs/sweep/optuna_journal.log"), ("study.log", "/work/study.log"), ("/abs/study.log", "/abs/study.log"),
+    ("sqlite:///study.db", "sqlite:////work/study.db"), ("sqlite:////abs/study.db", "sqlite:////abs/study.db"),
+    ("postgresql://host/db", "postgresql://host/db")])
+def test_every_process_opens_the_storage_the_command_meant(storage, expected):
+    # relative to where the command ran (hydra.runtime.cwd), also in a job Hydra moved into its folder
+    hydra = OmegaConf.create({"sweeper": {"storage": storage}, "runtime": {"cwd": "/work"},
+                              "sweep": {"dir": "/runs/sweep"}})
+    assert storage_spec(hydra) == expected
