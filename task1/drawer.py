@@ -14,6 +14,7 @@ cannot start or dies, the figures are drawn in the run's own process, as before.
 
 import atexit
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -41,11 +42,17 @@ def draw_one(name: str, args: tuple, path: str | None, boards: list[Board], even
 
     from task1 import plots
 
-    result = getattr(plots, name)(*args)
-    if path is None:  # the function saved its own files
-        return
-    image = result if isinstance(result, np.ndarray) else plots.to_array(result)  # framed: rendered already
-    data = plots.png(image)
+    # the same figure again (the last validation's grid is the test's when they share a split): drawn once
+    key = hashlib.sha1(encode((name, args))).digest()
+    if events.get("last", (None,))[0] == key and path is not None:
+        image, data = events["last"][1:]
+    else:
+        result = getattr(plots, name)(*args)
+        if path is None:  # the function saved its own files
+            return
+        image = result if isinstance(result, np.ndarray) else plots.to_array(result)  # framed: rendered already
+        data = plots.png(image)
+        events["last"] = (key, image, data)
     _write(Path(path), data)
     for folder, tag, step in boards:
         _image_event(events, folder, tag, step, data, image.shape)
@@ -65,7 +72,8 @@ def _image_event(events: dict, folder: str, tag: str, step: int, data: bytes, sh
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
     if events.get("folder") != folder:  # a new run: the last one's file is complete
-        close(events)
+        if events.get("writer") is not None:
+            events["writer"].close()
         events.update(folder=folder, writer=EventFileWriter(folder, filename_suffix=".figures"))
     image = Summary.Image(height=shape[0], width=shape[1], colorspace=shape[2], encoded_image_string=data)
     events["writer"].add_event(Event(wall_time=time.time(), step=step,

@@ -183,3 +183,18 @@ def test_a_framed_figure_is_the_fresh_figure_pixel_for_pixel():
                               plots.to_array(plots.confusion_figure(counts, LABELS, "val")))
         assert np.array_equal(plots.prediction_grid(X, y, y_hat, LABELS, framed=True),
                               plots.to_array(plots.prediction_grid(X, y, y_hat, LABELS)))
+
+
+def test_the_same_figure_twice_is_drawn_once(tmp_path, monkeypatch):
+    # with data.val_size=0 the last validation's grid is the test's: the drawer renders it once, writes it twice
+    from task1 import plots
+
+    calls, draw = [], plots.prediction_grid
+    monkeypatch.setattr(plots, "prediction_grid", lambda *a: calls.append(1) or draw(*a))
+    rng, state = np.random.default_rng(1), {}
+    X, y, y_hat = rng.random((24, 1, 28, 28)), rng.integers(0, 10, 24), rng.integers(0, 10, 24)
+    for name in ("val", "test"):
+        drawer.draw_one("prediction_grid", (X, y, y_hat, LABELS, 8, True), str(tmp_path / f"{name}.png"), [], state)
+    drawer.draw_one("prediction_grid", (X, y, 9 - y_hat, LABELS, 8, True), str(tmp_path / "other.png"), [], state)
+    assert len(calls) == 2 and (tmp_path / "val.png").read_bytes() == (tmp_path / "test.png").read_bytes()
+    assert (tmp_path / "other.png").read_bytes() != (tmp_path / "val.png").read_bytes()
