@@ -93,8 +93,9 @@ class Run:
                     asked = [ask() for _ in range(min(self.per_launch, self.to_run - self.launched))]
                     first = asked[0][0].number
                     if [t.number for t, _ in asked] != list(range(first, first + len(asked))):
-                        raise Task1Error(f"another process adds trials to study {self.search.study_name!r}: one "
-                                         f"search at a time, or asynchronous: true.")
+                        raise Task1Error(f"another process adds trials to study {self.search.study_name!r}: a batch "
+                                         f"needs consecutive trial numbers (job N runs trial N). Run one search at "
+                                         f"a time on a study.")
                     future = pool.submit(self.search.launcher.launch, [o for _, o in asked], initial_job_idx=first)
                     running[future] = (self.launched, [t for t, _ in asked])  # job N runs trial N
                     self.launched += len(asked)
