@@ -1,6 +1,7 @@
 """Per-epoch time of task1's training path against a hand-written loop and the textbook pipeline.
 
     python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny] [paths.data_dir=...]
+                            [--startup-only | --job-cost [--job-rounds 2] [--against <checkout>]]
 
 For softmax regression and the MLP it times, in one process and interleaved (A, B, L, C, A, B, L, C, ...) so
 that machine noise hits all of them alike, all on the CPU (also where a GPU is present):
@@ -17,11 +18,17 @@ validation, logging, checkpoints; for A and B: training and test accuracy; L has
 Figures are medians over the epochs after the first (warm-up) one. Start-up is measured on subprocesses, interleaved,
 as ratios to `python -c "import torch"`: `task1.train --help`, a config error, `task1.lr_schedule`, `import
 lightning`, and `python -m task1.train` to its first training step (the wall time of its first TensorBoard event).
+The fixed cost of a job: two sweeps (`python -m task1.train -m seed=1,...,8 trainer.max_epochs=E`, softmax with
+the defaults: figures, TensorBoard, checkpoints, the test), E = 1 and 3; a job's period is the time from its
+start to the next job's (the first job, which imports Lightning, left out), its median taken over the sweep's
+jobs and `--job-rounds` rounds in ABBA order. Epoch cost = half the difference of the two periods; fixed cost =
+the 1-epoch period minus the epoch cost. `--against <checkout>` measures another checkout side by side.
 Uses the real Fashion-MNIST in paths.data_dir (data/, or TASK1_DATA_DIR) when present, else generated data of the
 same shape; writes <paths.output_dir>/bench.json unless --out says otherwise.
 """
 
 import argparse
+import itertools
 import logging
 import statistics
 import struct
@@ -51,6 +58,7 @@ from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E
 from task1.io import write_json  # noqa: E402
 
 MODELS = ("softmax", "mlp")
+JOBS = 8  # jobs in each sweep of the job-cost measurement
 
 
 def data_root(tiny: bool, tmp: Path, data_dir: str) -> tuple[Path, str]:
@@ -268,16 +276,68 @@ def bench_startup(root: Path, tmp: Path, threads: int, repeats: int) -> dict:
             "repeats": repeats}
 
 
+def job_starts(sweep: Path) -> list[float]:
+    """When each job of a sweep started: Hydra writes its .hydra/hydra.yaml first thing."""
+    return sorted(p.stat().st_mtime for p in sweep.glob("*/.hydra/hydra.yaml"))
+
+
+def sweep_periods(checkout: Path, root: Path, epochs: int, sweep: Path, jobs: int = JOBS) -> list[float]:
+    """The seconds between the starts of consecutive jobs of a sweep of `jobs` softmax runs of `epochs` epochs
+    with the defaults (figures, TensorBoard, checkpoints), run from `checkout`; the first job's period, which
+    imports Lightning, left out."""
+    result = subprocess.run([sys.executable, "-m", "task1.train", "--multirun", f"trainer.max_epochs={epochs}",
+                             f"seed={','.join(str(s) for s in range(1, jobs + 1))}", f"paths.data_dir={root}",
+                             f"hydra.sweep.dir={sweep}"], cwd=checkout, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the sweep in {checkout} failed:\n{result.stderr[-3000:]}")
+    starts = job_starts(sweep)
+    if len(starts) != jobs:
+        raise RuntimeError(f"{sweep} holds {len(starts)} jobs, not {jobs}")
+    return [b - a for a, b in itertools.pairwise(starts[1:])]
+
+
+def bench_job_cost(root: Path, tmp: Path, rounds: int, against: Path | None) -> dict:
+    """The fixed cost of a job, as two sweeps measure it (see the module's docstring), for this checkout and
+    `against` (another checkout, e.g. the commit before) side by side: rounds in ABBA order, periods pooled."""
+    checkouts = {"this": ROOT, **({"against": against.resolve()} if against else {})}
+    periods: dict[str, dict[int, list[float]]] = {name: {1: [], 3: []} for name in checkouts}
+    for r in range(rounds):
+        order = [(name, e) for name in checkouts for e in (1, 3)]
+        for name, epochs in order if r % 2 == 0 else order[::-1]:
+            sweep = tmp / f"jobs_{name}_{epochs}_{r}"
+            periods[name][epochs] += sweep_periods(checkouts[name], root, epochs, sweep)
+    out = {}
+    for name, by_epochs in periods.items():
+        p1, p3 = (statistics.median(by_epochs[e]) for e in (1, 3))
+        epoch = (p3 - p1) / 2
+        out[name] = {"checkout": str(checkouts[name]), "period_1_epoch_s": p1, "period_3_epochs_s": p3,
+                     "epoch_s": epoch, "fixed_s": p1 - epoch, "fixed_per_epoch": (p1 - epoch) / epoch,
+                     "periods": {str(e): v for e, v in by_epochs.items()}}
+    return {"rounds": rounds, "jobs": JOBS, "checkouts": out}
+
+
 def report(result: dict) -> str:
     """The benchmark as a text table."""
     names = {"A": "A textbook", "B": "B hand loop", "L": "L bare fit", "C": "C task1", "C/B": "C/B",
              "L/B": "L/B", "A/C": "A/C"}
     lines = [f"threads {result['threads']}, {result['data']}, batch 256, median of {result['epochs']} epochs "
              f"after {result['warmup']} warm-up", f"{'model':<8} {'pipeline':<12} {'train s':>9} {'epoch s':>9}"]
+    if not result["models"]:
+        lines = [f"threads {result['threads']}, {result['data']}"]
     for model, row in result["models"].items():
         for key, name in names.items():
             fmt = "{:>9.2f}" if "/" in key else "{:>9.3f}"
             lines.append(f"{model:<8} {name:<12} " + " ".join(fmt.format(row[key][k]) for k in ("train_s", "epoch_s")))
+    if "job_cost" in result:
+        cost = result["job_cost"]
+        lines.append(f"fixed cost of a job (softmax, defaults; sweeps of {cost['jobs']} jobs of 1 and 3 epochs, "
+                     f"{cost['rounds']} round(s) ABBA; medians of the periods between job starts):")
+        lines.append(f"  {'checkout':<10} {'1 epoch s':>10} {'3 epochs s':>11} {'epoch s':>8} {'fixed s':>8} "
+                     f"{'fixed/epoch':>12}")
+        lines += [f"  {name:<10} {c['period_1_epoch_s']:>10.3f} {c['period_3_epochs_s']:>11.3f} {c['epoch_s']:>8.3f} "
+                  f"{c['fixed_s']:>8.3f} {c['fixed_per_epoch']:>12.2f}" for name, c in cost["checkouts"].items()]
+    if "startup" not in result:
+        return "\n".join(lines)
     s = result["startup"]
     lines.append(f"start-up, median of {s['repeats']} (ratio to python -c 'import torch'):")
     lines += [f"  {name:<22} {sec:>6.2f} s  {s['ratio_to_import_torch'][name]:>5.2f}"
@@ -293,6 +353,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--tiny", action="store_true", help="a few batches of generated data, one timed epoch")
     parser.add_argument("--startup-only", action="store_true", help="only the start-up section")
+    parser.add_argument("--job-cost", action="store_true", help="only the fixed cost of a job: sweeps of 8 softmax "
+                        "jobs of 1 and of 3 epochs with the defaults")
+    parser.add_argument("--job-rounds", type=int, default=2, help="rounds of the job-cost sweeps, ABBA (default 2)")
+    parser.add_argument("--against", type=Path, help="with --job-cost: another checkout measured side by side "
+                        "(e.g. git worktree add /tmp/before HEAD~1)")
     parser.add_argument("--out", type=Path, help="where to write JSON (<paths.output_dir>/bench.json)")
     parser.add_argument("paths", nargs="*", metavar="paths.KEY=VALUE", help="paths.data_dir=..., paths.output_dir=...")
     args = parser.parse_args()
@@ -300,14 +365,17 @@ def main() -> None:
         parser.error(f"only paths.data_dir=... and paths.output_dir=... are taken, not {' '.join(args.paths)}")
     where = paths(args.paths)
     out = args.out or ROOT / where["output_dir"] / "bench.json"
-    epochs, repeats = (1, 1) if args.tiny else (args.epochs, args.startup_repeats)
+    epochs, repeats, rounds = (1, 1, 1) if args.tiny else (args.epochs, args.startup_repeats, args.job_rounds)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root, data = data_root(args.tiny, Path(tmp) / "data", where["data_dir"])
-        result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1,
-                  "models": {} if args.startup_only else {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1)
-                                                           for m in args.models},
-                  "startup": bench_startup(root, Path(tmp), args.threads, repeats)}
+        result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1, "models": {}}
+        if not (args.startup_only or args.job_cost):
+            result["models"] = {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1) for m in args.models}
+        if not args.startup_only:
+            result["job_cost"] = bench_job_cost(root.resolve(), Path(tmp), rounds, args.against)
+        if not args.job_cost:
+            result["startup"] = bench_startup(root, Path(tmp), args.threads, repeats)
     print(report(result))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, result)

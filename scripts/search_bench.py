@@ -1,8 +1,15 @@
-"""Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned.
+"""Wall time and best val/acc of the Optuna search with its default pruner against the same search unpruned,
+or (--launch) with its trials asynchronous against batched.
 
     python scripts/search_bench.py [--trials 24] [--epochs 5] [--first median|nop]
                                    [--pruners median nop hyperband percentile] [--rounds 1]
                                    [--out outputs/search_bench] [--tiny]
+    python scripts/search_bench.py --launch [--trials 16] [--epochs 4] [--rounds 2] [--tiny]
+
+--launch runs the preset's search (median pruning) with two trials in flight under joblib
+(`hydra/launcher=joblib hydra.launcher.n_jobs=2 hydra.sweeper.n_jobs=2`, one core each), once asynchronous (a
+trial starts as soon as one ends, the default) and once in batches of two (`hydra.sweeper.asynchronous=false`,
+as Hydra's sweepers run them), and compares them as below, asynchronous/batched.
 
 Runs `python -m task1.train -m hparams_search=optuna` twice, one after the other, as a user would: the same
 trials, epochs and sampler seed (`seed`, 42), `data.val_size=10000`, once with the preset's MedianPruner and once
@@ -50,12 +57,16 @@ REPLAYS = {  # name -> (Optuna pruner class, its arguments); the default's first
 }
 PRUNERS = {"median": [], "nop": ["hydra/sweeper/pruner=nop"], "hyperband": ["hydra/sweeper/pruner=hyperband"],
            "percentile": ["hydra/sweeper/pruner=percentile"]}
+# --launch: two trials in flight under joblib, each with one of the two cores, median pruning
+IN_PARALLEL = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"]
+LAUNCHES = {"batched": [*IN_PARALLEL, "hydra.sweeper.asynchronous=false"], "asynchronous": IN_PARALLEL}
+SEARCHES = {**PRUNERS, **LAUNCHES}
 
 
 def search(name: str, overrides: list[str], sweep: Path) -> dict:
     """One whole search as a subprocess: its wall time and what its sweep folder says."""
     cmd = [sys.executable, "-m", "task1.train", "--multirun", "hparams_search=optuna", *overrides,
-           *PRUNERS[name], f"hydra.sweep.dir={sweep}"]
+           *SEARCHES[name], f"hydra.sweep.dir={sweep}"]
     before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -69,11 +80,12 @@ def search(name: str, overrides: list[str], sweep: Path) -> dict:
             "epochs": sum(j["epochs"] for j in jobs), "sweep": str(sweep)}
 
 
-def against(run: dict, nop: dict) -> dict:
-    """A search's wall time, CPU time and epochs as ratios to the unpruned search's, and its best val/acc's gap."""
-    return {"wall": round(run["wall_s"] / nop["wall_s"], 3), "cpu": round(run["cpu_s"] / nop["cpu_s"], 3),
-            "epochs": round(run["epochs"] / nop["epochs"], 3),
-            "best_val_acc_diff": round((run["best_val_acc"] or 0) - (nop["best_val_acc"] or 0), 4)}
+def against(run: dict, base: dict) -> dict:
+    """A search's wall time, CPU time and epochs as ratios to the base search's (the unpruned one; the batched
+    one), and its best val/acc's gap."""
+    return {"wall": round(run["wall_s"] / base["wall_s"], 3), "cpu": round(run["cpu_s"] / base["cpu_s"], 3),
+            "epochs": round(run["epochs"] / base["epochs"], 3),
+            "best_val_acc_diff": round((run["best_val_acc"] or 0) - (base["best_val_acc"] or 0), 4)}
 
 
 def summed(rounds: list[dict]) -> dict:
@@ -117,17 +129,22 @@ def replay(sweep: Path, pruner_name: str, kwargs: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=24)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--first", choices=list(PRUNERS), default="median", help="the search that runs first")
+    parser.add_argument("--trials", type=int, help="trials in each search (default 24; --launch: 16)")
+    parser.add_argument("--epochs", type=int, help="epochs of each trial (default 5; --launch: 4)")
+    parser.add_argument("--first", choices=list(SEARCHES), help="the search that runs first")
     parser.add_argument("--pruners", nargs="+", choices=list(PRUNERS), default=["median", "nop"],
                         help="the searches to run (median and nop always; hyperband, percentile on request)")
+    parser.add_argument("--launch", action="store_true", help="asynchronous trials against batches of trials "
+                        "instead: two in flight under joblib, median pruning")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "search_bench")
     parser.add_argument("--tiny", action="store_true", help="4 trials of 2 epochs on generated data")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the searches this many times, every other round in reverse order (A B, B A, ...), "
                              "and compare the summed times: the machine's drift then falls on both alike")
     args = parser.parse_args()
+    base, compared = ("batched", "asynchronous") if args.launch else ("nop", "median")
+    args.trials = args.trials or (16 if args.launch else 24)
+    args.epochs = args.epochs or (4 if args.launch else 5)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,30 +157,34 @@ def main() -> None:
         else:
             data = ["data.val_size=10000"]
         overrides = [f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_epochs={args.epochs}", *data]
-        order = sorted({"median", "nop", *args.pruners}, key=lambda name: (name != args.first, name))
+        names = list(LAUNCHES) if args.launch else {"median", "nop", *args.pruners}
+        first = args.first or compared
+        order = sorted(names, key=lambda name: (name != first, name))
         rounds: dict[str, list[dict]] = {name: [] for name in order}
         for r in range(args.rounds):
             for name in order if r % 2 == 0 else order[::-1]:
                 rounds[name].append(search(name, overrides, args.out / f"{stamp}_{name}{f'_{r}' if r else ''}"))
         runs = {name: summed(found) for name, found in rounds.items()}
-    nop = runs["nop"]
-    against_nop = {name: against(run, nop) for name, run in runs.items() if name != "nop"}
-    median = against_nop["median"]
+    ratios = {name: against(run, runs[base]) for name, run in runs.items() if name != base}
     report = {"trials": args.trials, "epochs": args.epochs, "data": "generated" if args.tiny else "Fashion-MNIST",
-              "rounds": args.rounds, "order": order, "runs": runs, "wall_ratio": median["wall"],
-              "cpu_ratio": median["cpu"], "epoch_ratio": median["epochs"],
-              "best_val_acc_diff": median["best_val_acc_diff"], "against_nop": against_nop}
-    report["replay_of_nop"] = {name: replay(Path(nop["sweep"]), *spec) for name, spec in REPLAYS.items()}
+              "rounds": args.rounds, "order": order, "runs": runs, "compared": f"{compared}/{base}",
+              "wall_ratio": ratios[compared]["wall"], "cpu_ratio": ratios[compared]["cpu"],
+              "epoch_ratio": ratios[compared]["epochs"], "best_val_acc_diff": ratios[compared]["best_val_acc_diff"],
+              f"against_{base}": ratios}
+    if not args.launch:
+        report["replay_of_nop"] = {name: replay(Path(runs["nop"]["sweep"]), *spec) for name, spec in REPLAYS.items()}
     write_json(args.out / "search_bench.json", report)
     print(f"{args.trials} trials x {args.epochs} epochs, {report['data']}, sampler seed 42, {args.rounds} round(s), "
           f"the first in this order (times summed over the rounds):")
-    print(f"{'pruner':<11}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials; wall s of each round")
+    print(f"{'search':<13}{'wall s':>9}{'CPU s':>9}{'best val/acc':>14}{'epochs':>8}  trials; wall s of each round")
     for name, run in runs.items():
-        print(f"{name:<11}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
+        print(f"{name:<13}{run['wall_s']:>9.1f}{run['cpu_s']:>9.1f}{run['best_val_acc'] or float('nan'):>14.4f}"
               f"{run['epochs']:>8}  {run['trials']}; {run['rounds_wall_s']}")
-    for name, r in report["against_nop"].items():
-        print(f"{name}/nop: wall time {r['wall']:.3f}, CPU time {r['cpu']:.3f}, epochs {r['epochs']:.3f}, "
+    for name, r in ratios.items():
+        print(f"{name}/{base}: wall time {r['wall']:.3f}, CPU time {r['cpu']:.3f}, epochs {r['epochs']:.3f}, "
               f"best val/acc {r['best_val_acc_diff']:+.4f}")
+    if args.launch:
+        return
     print(f"the unpruned search's {args.trials} trials replayed through other pruners (share of its epochs and "
           f"trial time left):")
     for name, r in report["replay_of_nop"].items():

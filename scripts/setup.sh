@@ -18,6 +18,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet -e '.[dev,sweeps,mlflow,notebook]' 2> >(grep -v 'is ignored: it is neither a file' >&2)
   echo "$want" > "$stamp"
 fi
+# hydra-optuna-sweeper's wheel, for the test that installs it beside task1 (--no-deps: it pins optuna<3)
+if ! ls .venv/wheels/hydra_optuna_sweeper-*.whl >/dev/null 2>&1; then
+  .venv/bin/python -m pip download --quiet --no-deps --dest .venv/wheels 'hydra-optuna-sweeper>=1.2,<2' \
+    2> >(grep -v 'is ignored: it is neither a file' >&2) || echo "setup: could not download hydra-optuna-sweeper" >&2
+fi
 
 # Fashion-MNIST: copy a local copy of the four files if one is beside the checkout (TASK1_DATA_SRC to choose
 # another folder); otherwise `data.download=true` (the default) fetches them on the first run.

@@ -34,6 +34,12 @@ def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
         assert seconds > 0
         assert startup["ratio_to_import_torch"][name] == pytest.approx(seconds / startup["seconds"]["import torch"])
     assert all(name in result.stdout for name in ("C/B", "L/B", "L bare fit", "start-up", "train --help"))
+    # the fixed cost of a job, from two sweeps of 8 jobs: periods between job starts, the first job's left out
+    cost = bench["job_cost"]["checkouts"]["this"]
+    assert [len(v) for v in cost["periods"].values()] == [6, 6] and all(p > 0 for p in cost["periods"]["1"])
+    assert cost["epoch_s"] == pytest.approx((cost["period_3_epochs_s"] - cost["period_1_epoch_s"]) / 2)
+    assert cost["fixed_s"] == pytest.approx(cost["period_1_epoch_s"] - cost["epoch_s"])
+    assert "fixed cost of a job" in result.stdout
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

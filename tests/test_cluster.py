@@ -165,7 +165,8 @@ def test_a_request_the_cluster_cannot_satisfy_is_one_line_naming_the_field(slurm
 
 
 def test_a_job_pending_for_a_reason_that_never_clears_is_reported(slurm, small, tmp_path):
-    failed = subprocess.run(["sbatch", "--parsable", "--wrap", "false"], capture_output=True, text=True, env=slurm)
+    failed = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "false"], capture_output=True,
+                            text=True, env=slurm)
     dependency = failed.stdout.strip()
     wait_for(lambda: not squeue(slurm, "-j", dependency))
     result = sweep(slurm, tmp_path, f"paths.data_dir={small}", *QUIET, "optimizer.lr=0.1",
@@ -308,3 +309,28 @@ def test_a_killed_job_never_hangs_the_command_with_an_accounting_database_either
     states = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State"], capture_output=True, text=True,
                             env=accounting)
     assert states.returncode == 0 and states.stdout.split()[:1] in (["FAILED"], ["CANCELLED"]), states
+
+
+def test_a_search_started_again_takes_the_result_of_a_trial_whose_job_outlived_its_command(slurm, real, tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    args = ["hparams_search=optuna", real, *QUIET, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+            "hydra/sweeper/pruner=nop", "trainer.max_epochs=20", "data.batch_size=256", "model.num_hiddens=64"]
+    command = start(slurm, tmp_path, *args)
+    wait_for(lambda: (tmp_path / "0" / "checkpoints" / "last.ckpt").is_file())
+    command.kill()  # the submitting command dies without a word; its trial's SLURM job goes on
+    command.communicate(timeout=60)
+    job = (tmp_path / "0" / ".lock").read_text().split("SLURM job ")[1].split(")")[0]
+    assert squeue(slurm, "-j", job)
+    result = sweep(slurm, tmp_path, *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "trial 0 still runs" in out and "recorded as failed" not in out
+    study = optuna.load_study(study_name="mlp_fashion_mnist",
+                              storage=JournalStorage(JournalFileBackend(str(tmp_path / "optuna_journal.log"))))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for trial in study.trials:  # each trial's value is what its job's metrics.json says
+        metrics = json.loads((tmp_path / str(trial.number) / "metrics.json").read_text())
+        assert metrics["status"] == "completed" and trial.value == metrics["final"]["val/acc"]

@@ -18,7 +18,7 @@ from torchvision import datasets
 
 from task1 import Task1Error
 from task1.data import LABELS, FashionMNIST, SyntheticRegression, TensorLoader, synthetic_data, text_labels
-from task1.data.fashion_mnist import prepare_files
+from task1.data.fashion_mnist import prepare_files, read_split
 
 
 def loaded(root, **kwargs) -> FashionMNIST:
@@ -258,3 +258,18 @@ def test_damaged_files_are_named(tmp_path, damage, message):
         write_idx(raw / "train-labels-idx1-ubyte", np.where(labels == 3, 12, labels))
     with pytest.raises(Task1Error, match=message):
         loaded(root)
+
+
+def test_a_split_read_again_in_this_process_is_not_read_again_unless_its_files_changed(tmp_path):
+    root = make_fashion_mnist(tmp_path / "data")
+    first = read_split(root, train=False)
+    assert read_split(root, train=False) is first  # the next run of a sweep in this process: no reading
+    labels = root / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    images, y = make_images(N_TEST, seed=7)
+    write_idx(labels, y)
+    write_idx(root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte", images)
+    again = read_split(root, train=False)
+    assert again is not first and torch.equal(again[1], torch.from_numpy(y).long())
+    write_idx(labels, np.full(N_TEST, 11, dtype=np.uint8))  # a damaged file is checked again, not served
+    with pytest.raises(Task1Error, match="labels outside 0-9"):
+        read_split(root, train=False)

@@ -2,15 +2,18 @@
 TensorBoard event files read back."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CONF, run_cli
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from task1 import Task1Error
+from task1 import Task1Error, drawer
 from task1.data import LABELS
 from task1.data.fashion_mnist import read_split
 from task1.tools import curves
@@ -124,3 +127,74 @@ def test_curves_orders_runs_numerically_beside_named_folders(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.json").write_text(json.dumps({"history": [{"epoch": 0, "train/loss": 1.0}]}))
     assert list(curves.find_runs([tmp_path])) == ["2", "10", "extra"]
+
+
+def test_a_sweeps_figures_are_drawn_beside_its_jobs_and_all_there_when_it_ends(fake_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("--multirun", f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1",
+                     "data.batch_size=64", "seed=1,2,3", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1", "2"):
+        assert {p.name for p in (sweep / job / "figures").iterdir()} == {
+            "val_predictions.png", "val_confusion.png", "test_predictions.png", "test_confusion.png", "curves.png"}
+        assert png_size(sweep / job / "figures" / "test_confusion.png") == (590, 540)
+        # TensorBoard's images came from the drawer's own event file, beside the logger's
+        assert set(tensorboard_images(sweep / job / "tensorboard")) == {
+            "val/predictions", "val/confusion", "test/predictions", "test/confusion"}
+        assert len(list((sweep / job / "tensorboard").glob("*.figures"))) == 1
+
+
+def test_the_drawer_imports_no_torch_and_without_it_the_run_draws(tmp_path, monkeypatch):
+    code = "import sys, task1.drawer, task1.plots; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    confusion = (np.eye(10, dtype=np.int64) * 5 + 1, LABELS, "val")
+    drawer.start()
+    drawer.draw("confusion_figure", confusion, tmp_path / "drawn.png", [(str(tmp_path / "tb"), "val/confusion", 3)])
+    drawer.settle()
+    assert png_size(tmp_path / "drawn.png") == (590, 540)
+    (image,) = tensorboard_images(tmp_path / "tb")["val/confusion"]
+    assert (image.step, image.width, image.height) == (3, 590, 540)
+    # a drawer that died is replaced; one that cannot start leaves the figure to this process
+    drawer._drawer.process.kill()
+    drawer._drawer.close()
+    assert not drawer._drawer.alive
+    drawer.draw("confusion_figure", confusion, tmp_path / "again.png")
+    drawer.settle()
+    assert png_size(tmp_path / "again.png") == (590, 540)
+
+    def cannot_start():
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(drawer, "_drawer", None)
+    monkeypatch.setattr(drawer, "Drawer", cannot_start)
+    drawer.draw("confusion_figure", confusion, tmp_path / "here.png", [(str(tmp_path / "tb2"), "val/confusion", 1)])
+    assert png_size(tmp_path / "here.png") == (590, 540) and "val/confusion" in tensorboard_images(tmp_path / "tb2")
+
+
+def test_a_framed_figure_is_the_fresh_figure_pixel_for_pixel():
+    # the drawer draws every grid and matrix over the kept frame of the last one; the pixels are a fresh figure's
+    from task1 import plots
+
+    rng = np.random.default_rng(0)
+    for _ in range(2):  # the second over the first one's frame
+        counts = rng.integers(0, 900, (10, 10)) * (rng.random((10, 10)) > 0.3)
+        X, y, y_hat = rng.random((24, 1, 28, 28)), rng.integers(0, 10, 24), rng.integers(0, 10, 24)
+        assert np.array_equal(plots.confusion_figure(counts, LABELS, "val", framed=True),
+                              plots.to_array(plots.confusion_figure(counts, LABELS, "val")))
+        assert np.array_equal(plots.prediction_grid(X, y, y_hat, LABELS, framed=True),
+                              plots.to_array(plots.prediction_grid(X, y, y_hat, LABELS)))
+
+
+def test_the_same_figure_twice_is_drawn_once(tmp_path, monkeypatch):
+    # with data.val_size=0 the last validation's grid is the test's: the drawer renders it once, writes it twice
+    from task1 import plots
+
+    calls, draw = [], plots.prediction_grid
+    monkeypatch.setattr(plots, "prediction_grid", lambda *a: calls.append(1) or draw(*a))
+    rng, state = np.random.default_rng(1), {}
+    X, y, y_hat = rng.random((24, 1, 28, 28)), rng.integers(0, 10, 24), rng.integers(0, 10, 24)
+    for name in ("val", "test"):
+        drawer.draw_one("prediction_grid", (X, y, y_hat, LABELS, 8, True), str(tmp_path / f"{name}.png"), [], state)
+    drawer.draw_one("prediction_grid", (X, y, 9 - y_hat, LABELS, 8, True), str(tmp_path / "other.png"), [], state)
+    assert len(calls) == 2 and (tmp_path / "val.png").read_bytes() == (tmp_path / "test.png").read_bytes()
+    assert (tmp_path / "other.png").read_bytes() != (tmp_path / "val.png").read_bytes()

@@ -24,7 +24,8 @@ from optuna.trial import TrialState
 from test_sweeps import jobs_of, report_rows, sweep_cli
 
 from task1 import Task1Error
-from task1.sweeps.search import override_value, search_space
+from task1.sweeps.search import Search
+from task1.sweeps.space import override_value, search_space
 
 # Trials at lr 0.5 pass val/acc 0.5 by their second epoch on the generated data, trials at lr 1e-4 never do and
 # are pruned there, trials at lr -1 fail the config check. The random sampler (TPE's start-up, seeded) picks.
@@ -33,6 +34,7 @@ SEARCH = ["hparams_search=optuna", "hydra/sweeper/pruner=threshold", "hydra.swee
           "hydra.sweeper.pruner.n_warmup_steps=1", "hydra.sweeper.sampler.n_startup_trials=100",
           "optimizer=sgd", "data.batch_size=64", "data.val_size=100", "trainer=cpu", "trainer.max_epochs=3",
           "logger=none"]
+FIXED = [o.split("=")[0] for o in SEARCH if not o.startswith("hydra")] + ["data.root"]  # what every trial gets
 
 
 def with_hydra(*overrides: str):
@@ -67,9 +69,12 @@ def check_trials(sweep, study: optuna.Study, lrs: set[str]) -> None:
             assert t.value == metrics["final"]["val/acc"] and "test/acc" in metrics["final"]
             assert [t.intermediate_values[e["epoch"]] for e in metrics["history"]] == [
                 e["val/acc"] for e in metrics["history"]]  # each epoch's report is the history's value
-        else:
+        else:  # the study says why, as the job's metrics.json does
             assert metrics["error"].startswith("optimizer.lr=-1 is not allowed") and not t.intermediate_values
-        assert "+optuna.trial" not in row  # where the job found its trial is not a parameter of the report
+            assert t.user_attrs["fail_reason"] == metrics["error"].splitlines()[0]
+        # the job's overrides are what was searched and what was fixed: it found its trial in its Hydra config
+        overrides = yaml.safe_load((sweep / str(t.number) / ".hydra" / "overrides.yaml").read_text())
+        assert sorted(o.split("=")[0] for o in overrides) == sorted([*t.params, *FIXED])
 
 
 def dashboard_view(storage: str) -> list[dict]:
@@ -165,6 +170,17 @@ def test_a_mistake_in_the_search_is_one_line(fake_root, tmp_path):
     assert "Traceback" not in out and not (tmp_path / "sweep" / "0").exists()
 
 
+def test_a_search_where_every_trial_failed_exits_1_after_its_report(fake_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("--multirun", *SEARCH, "optimizer.lr=choice(-1,-2)", "hydra.sweeper.n_trials=2",
+                     f"data.root={fake_root}", f"hydra.sweep.dir={sweep}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out[-3000:]
+    assert re.search(r"2 of 2 trials failed; trial 0: optimizer.lr=-[12] is not allowed: expected a number > 0.", out)
+    assert "2 jobs: 2 failed" in (sweep / "summary.md").read_text()  # the report was written first
+    assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["states"] == {"fail": 2}
+
+
 def test_the_preset_searches_seeded_with_median_pruning_on_held_out_data():
     cfg = with_hydra("hparams_search=optuna", "seed=7")
     sweeper = cfg.hydra.sweeper
@@ -175,7 +191,7 @@ def test_the_preset_searches_seeded_with_median_pruning_on_held_out_data():
     assert cfg.data.val_size == 10_000  # tuned on held-out training images, not on the test split
     space, fixed = search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert set(space) == {"optimizer", "optimizer.lr", "optimizer.weight_decay", "data.batch_size",
-                          "model.num_hiddens"} and fixed == []
+                          "model.num_hiddens"} and fixed == {}
 
 
 @pytest.mark.parametrize(("pruner", "kind"), [("median", "MedianPruner"), ("nop", "NopPruner"),
@@ -189,6 +205,27 @@ def test_every_pruner_option_builds(pruner, kind):
     assert type(instantiate(cfg.hydra.sweeper.pruner)).__name__ == kind
 
 
+SAMPLERS = sorted(p.stem for p in (ROOT / "hydra_plugins/task1_optuna/conf/hydra/sweeper/sampler").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_option_builds_and_samples(sampler):
+    # each option of hydra/sweeper/sampler with Optuna 5 and the extra's dependencies (scipy, cmaes), past its
+    # start-up trials, through the sweeper's own building (the grid gets the search space)
+    assert SAMPLERS == ["cmaes", "gp", "grid", "nsgaii", "qmc", "random", "tpe"]
+    past = ["hydra.sweeper.sampler.n_startup_trials=1"] if sampler in ("cmaes", "gp", "tpe") else []
+    cfg = with_hydra("hparams_search=optuna", f"hydra/sweeper/sampler={sampler}", "seed=3", *past).hydra.sweeper
+    space, _ = search_space(["x=choice(0.5, 1.5, 2.5)", "y=range(1, 4)", "z=interval(0, 1)"])
+    if sampler == "grid":
+        space.pop("z")  # an interval has no grid
+    search = Search(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    study = optuna.create_study(sampler=search._sampler(space, 0))
+    for _ in range(4):
+        trial = study.ask(space)
+        study.tell(trial, trial.params["x"] * trial.params["y"] + trial.params.get("z", 0))
+    assert type(study.sampler).__name__ == cfg.sampler._target_.rsplit(".", 1)[1] and len(study.trials) == 4
+
+
 def test_search_space_reads_hydra_sweeps_and_the_command_line_wins():
     space, fixed = search_space(["a=choice(x, y)", "b=tag(log, interval(1e-4, 1.0))", "c=interval(1, 8)",
                                  "i=tag(log, int, interval(16, 512))", "d=range(2, 10, 3)", "e=range(0.0, 1.0, 0.25)",
@@ -199,7 +236,7 @@ def test_search_space_reads_hydra_sweeps_and_the_command_line_wins():
     assert space["d"] == IntDistribution(2, 8, step=3)  # Hydra's range leaves out its stop: 2, 5, 8
     assert space["e"] == FloatDistribution(0.0, 0.75, step=0.25)
     assert space["f"] == CategoricalDistribution([1, 2]) and space["+h"] == CategoricalDistribution([True, False])
-    assert "g" not in space and fixed == ["g=5", "trainer.max_epochs=3"]
+    assert "g" not in space and list(fixed.values()) == ["g=5", "trainer.max_epochs=3"]
     with pytest.raises(Task1Error, match="not this one"):
         search_space(["a=glob(*)"])
     with pytest.raises(Task1Error, match="does not parse"):
@@ -229,6 +266,19 @@ def test_tiny_search_benchmark_runs_both_searches(tmp_path):
     # the replay of the unpruned trials through a pruner that prunes nothing leaves all of them
     assert bench["replay_of_nop"]["median 5/0 (default)"] == {"pruned": 0, "epochs": 1.0, "time": 1.0,
                                                                "best_val_acc": pytest.approx(nop["best_val_acc"])}
+
+
+@pytest.mark.slow
+def test_tiny_search_benchmark_compares_asynchronous_with_batched_trials(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "search_bench.py"), "--tiny", "--launch",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    bench = json.loads((tmp_path / "search_bench.json").read_text())
+    runs = bench["runs"]
+    assert set(runs) == {"asynchronous", "batched"} and bench["compared"] == "asynchronous/batched"
+    assert all(sum(r["trials"].values()) == 4 for r in runs.values())
+    assert bench["wall_ratio"] == pytest.approx(runs["asynchronous"]["wall_s"] / runs["batched"]["wall_s"], abs=1e-3)
+    assert "asynchronous/batched: wall time" in result.stdout and "replay_of_nop" not in bench
 
 
 def test_training_and_hydra_start_import_no_optuna():

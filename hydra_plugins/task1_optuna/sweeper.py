@@ -1,4 +1,6 @@
-"""The Hydra plugin `hydra/sweeper=optuna_search`: a thin door to task1.sweeps.search.Search.
+"""The Hydra plugins of task1's Optuna search: the sweeper `hydra/sweeper=optuna_search`, a thin door to
+task1.sweeps.search.Search (searchpath.py lets any Hydra app find its configs: the sweeper and its `sampler` and
+`pruner` groups in conf/hydra/sweeper/ beside this file, as hydra-optuna-sweeper's are found).
 
 Hydra imports every module under hydra_plugins at each start, also for `--help` or a single run, so this one
 imports Hydra alone; Optuna and task1 come in when a search is set up.
@@ -24,3 +26,4 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         self.search.sweep(arguments)
+

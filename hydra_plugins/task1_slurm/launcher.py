@@ -24,3 +24,7 @@ class SlurmLauncher(Launcher):
 
     def launch(self, job_overrides, initial_job_idx: int):
         return self.launcher.launch(job_overrides, initial_job_idx)
+
+    def interrupted(self) -> None:
+        """Ctrl-C while a search's trials wait in other threads (task1.sweeps.launching)."""
+        self.launcher.interrupted()

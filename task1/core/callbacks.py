@@ -12,7 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from task1 import Task1Error, plots
+from task1 import Task1Error, drawer
 
 log = logging.getLogger("task1")
 
@@ -117,9 +117,9 @@ class PredictionFigures(L.Callback):
 
     Both are logged as TensorBoard images (tags `val/predictions`, `val/confusion`, `test/...`) and saved as
     `<out_dir>/<split>_predictions.png`, `<out_dir>/<split>_confusion.png`. Validation figures are drawn after the
-    last epoch only, plus every `every_n_epochs` epochs when that is > 0: matplotlib costs ~0.3 s a figure, more
-    than a softmax epoch on a GPU. The net runs once more over the batches that validation already sees (one big
-    batch at the default eval_batch_size), and only on those epochs. `per_class_acc[split]` holds the accuracy of
+    last epoch only, plus every `every_n_epochs` epochs when that is > 0; task1.drawer draws them in a process of
+    its own. The net runs once more over the batches that validation already sees (one big batch at the default
+    eval_batch_size), and only on those epochs. `per_class_acc[split]` holds the accuracy of
     each class, summed over processes.
     """
 
@@ -155,15 +155,14 @@ class PredictionFigures(L.Callback):
                                                                                 strict=True) if p}
         if not trainer.is_global_zero:
             return
-        X, y, y_hat = (torch.cat(parts) for parts in zip(*self._examples, strict=True))
-        figures = {f"{split}/predictions": plots.prediction_grid(X, y, y_hat, self.names),
-                   f"{split}/confusion": plots.confusion_figure(confusion, self.names, title=split)}
-        for tag, fig in figures.items():
-            image = plots.to_array(fig)
-            plots.save(image, self.out_dir / f"{tag.replace('/', '_')}.png")
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(tag, image, trainer.global_step, dataformats="HWC")
+        X, y, y_hat = (torch.cat(parts).numpy() for parts in zip(*self._examples, strict=True))
+        # framed: each drawn over the kept frame of the last one of its kind (task1.plots.Frame)
+        figures = {f"{split}/predictions": ("prediction_grid", (X, y, y_hat, self.names, 8, True)),
+                   f"{split}/confusion": ("confusion_figure", (confusion.numpy(), self.names, split, True))}
+        for tag, (name, args) in figures.items():
+            boards = [(lg.log_dir, tag, trainer.global_step) for lg in trainer.loggers
+                      if isinstance(lg, TensorBoardLogger)]
+            drawer.draw(name, args, self.out_dir / f"{tag.replace('/', '_')}.png", boards)
 
     def _due(self, trainer: L.Trainer) -> bool:
         epoch = trainer.current_epoch + 1

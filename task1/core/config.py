@@ -112,11 +112,11 @@ OWN_KEYS = {"scheduler": {"interval", "frequency"}}
 READS: dict[str, set[str]] = {
     "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "seed", "threads", "output_dir",
          "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric", "paths",
-         "optuna", "show", "lr_schedule", "reported"},  # optuna: a search's trial; then the tools' own
+         "optuna", "show", "lr_schedule", "reported"},  # optuna: an older search's trial; then the tools' own
     "model": {"net", "loss", "task", "loss_reduction"},
     "figures": {"enabled", "every_n_epochs"},
     "paths": {"data_dir", "output_dir"},
-    "optuna": {"storage", "study_name", "trial"},  # where a search's job finds its trial (task1.sweeps.search)
+    "optuna": {"storage", "study_name", "trial"},  # where trials of searches before 2026-12 found their trial
     "show": {"split", "count", "ncols", "classes"},
     "lr_schedule": {"train_examples"},
     "reported": {"source", "kind", "train_acc", "test_acc", "loss", "loss_examples", "w", "b",

@@ -47,6 +47,11 @@ def log_hparams(logger: TensorBoardLogger, params: dict, metrics: dict, step: in
     writer.flush()
 
 
+def keeps_files(loggers: list[Logger]) -> bool:
+    """Whether a logger takes the run's figures as files (MLflow's artifacts)."""
+    return any(isinstance(logger, MLFlowLogger) for logger in loggers)
+
+
 def log_final(loggers: list[Logger], config: dict, final: dict, step: int, figures: Path) -> None:
     """Give every logger the run's hyperparameters and final metrics (the per-epoch metrics they had from
     Lightning), and MLflow the PNGs in `figures` as artifacts (TensorBoard has them as images already)."""

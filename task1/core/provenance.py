@@ -1,6 +1,7 @@
 """What a run needs to be run again: task1's and the libraries' versions (from the installed metadata), the machine,
 and, when task1 runs from a git checkout, its commit."""
 
+import functools
 import platform
 import subprocess
 import sys
@@ -29,12 +30,20 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+@functools.cache
+def _checkout() -> tuple[str | None, bool | None]:
+    """The git commit and whether tracked files were edited, once a process (both null for an installed wheel):
+    the jobs of a sweep that one process runs start from the checkout the sweep started from (two git calls a
+    job cost 15-25 ms)."""
+    commit = _git("rev-parse", "HEAD") if CHECKOUT else None
+    # untracked files (run folders, data) do not make a checkout dirty; edited tracked files do
+    return commit, bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+
+
 def provenance() -> dict:
     """Versions of python, task1 and the libraries, the CPU, the command, and the checkout's git commit with a dirty
     flag (both null for an installed wheel)."""
-    commit = _git("rev-parse", "HEAD") if CHECKOUT else None
-    # untracked files (run folders, data) do not make a checkout dirty; edited tracked files do
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    commit, dirty = _checkout()
     return {
         "python": platform.python_version(),
         **{name: _version(name) for name in PACKAGES},

@@ -8,7 +8,8 @@ job, `continue_job` reads what the folder holds: a completed job is reused, one 
 failed for a reason that may pass) resumes from its `checkpoints/last.ckpt`, a seeded divergence (it would fail the
 same way) is reported and not trained again, and a job with no checkpoint starts afresh. Nothing here deletes a
 checkpoint. Folders are claimed under a lock (`<sweep>/.claims.lock`), and only rank 0 of a job claims and decides:
-the other ranks of a multi-task SLURM job find the folder and follow the decision rank 0 wrote into it.
+the other ranks of a multi-task SLURM job find the folder and follow the decision rank 0 wrote into it. A trial of
+task1's Optuna search is a new job each time: trial N is job N, in folder N.
 
 The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): the task
 function refers to this module, so unpickling it there imports the module, which registers the resolver.
@@ -30,6 +31,7 @@ from task1 import Task1Error
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
 from task1.io import locked, read_json, write_json
+from task1.sweeps.jobs import is_search
 
 log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
@@ -99,6 +101,8 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
     num = OmegaConf.select(_root_, "hydra.job.num", default=None)
     if num is None or OmegaConf.select(_root_, "hydra.mode") != RunMode.MULTIRUN:
         return str(num)  # a config printed outside a sweep's job: no folder to look up or claim
+    if is_search(_root_.hydra):  # an Optuna search's trial N is job N, a new job each: its folder is N
+        return str(num)
     overrides = OmegaConf.to_container(_root_.hydra.overrides.task)
     return job_folder(Path(str(_root_.hydra.sweep.dir)), int(num), overrides)
 

@@ -1,9 +1,13 @@
-"""What a sweep job needs to know about the sweep it runs in: its share of the machine's cores."""
+"""What a sweep job needs to know about the sweep it runs in: its share of the machine's cores, and whether it
+is a trial of task1's Optuna search (without importing Optuna)."""
 
 import os
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import OmegaConf
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+SEARCH = "hydra_plugins.task1_optuna.sweeper.OptunaSweeper"  # the sweeper's _target_
 
 
 def _cores() -> int:
@@ -24,3 +28,20 @@ def thread_budget(threads: int | None) -> int | None:
     cores = _cores()
     parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 is all cores, -2 all but one
     return max(1, cores // min(parallel, cores))
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a multirun (whatever its sweeper)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_search(hydra: DictConfig) -> bool:
+    """Whether `hydra` (a config's hydra node) is that of a job of task1's Optuna search."""
+    return hydra.get("mode") == RunMode.MULTIRUN and OmegaConf.select(hydra, "sweeper._target_") == SEARCH
+
+
+def search_trial() -> int | None:
+    """The number of the trial this process runs as a job of task1's Optuna search (its job number), else None."""
+    if not HydraConfig.initialized() or not is_search(HydraConfig.get()):
+        return None
+    return int(HydraConfig.get().job.num)

@@ -26,6 +26,7 @@ from task1.sweeps import seeds
 
 log = logging.getLogger("task1")
 SPLITS = ("train", "val", "test")
+MODES = {"max": "max", "min": "min", "maximize": "max", "minimize": "min"}  # a study's directions are the long names
 
 
 def read_jobs(sweep: Path) -> list[dict]:
@@ -42,7 +43,7 @@ def read_jobs(sweep: Path) -> list[dict]:
         path = folder / "metrics.json"
         metrics = json.loads(path.read_text()) if path.is_file() else {}
         # no metrics.json: the job was killed (or is still running) before it could write one
-        # +optuna.*: where an Optuna search's job finds its trial, not a parameter (the job folder is the trial)
+        # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
         jobs.append({"job": name, "overrides": dict(pairs),
                      "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
@@ -72,12 +73,29 @@ def pick_metric(jobs: list[dict], metric: str | None) -> str | None:
     return next((m for m in ("val/acc", "val/loss") if m in names), None)
 
 
-def best_job(jobs: list[dict], metric: str) -> dict | None:
-    """The completed job with the best `metric`: lowest for a loss, highest otherwise."""
+def pick_mode(sweep: Path, metric: str | None, mode: str | None) -> str | None:
+    """How to rank by `metric`: `mode` (max or min) when given; else the direction of the Optuna study that
+    searched it (optimization_results.yaml); else max for an accuracy and min for a loss, as task1 writes them;
+    else None: the report names no best job and says to give a mode."""
+    if mode is not None:
+        if mode not in MODES:
+            raise Task1Error(f"mode={mode} is not allowed: expected max or min (how to rank the jobs by {metric}).")
+        return mode
+    path = sweep / "optimization_results.yaml"
+    study = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    if isinstance(study, dict) and study.get("optimized_metric") == metric and study.get("direction") in MODES:
+        return MODES[study["direction"]]
+    if metric:
+        return next((m for suffix, m in (("/acc", "max"), ("/loss", "min")) if metric.endswith(suffix)), None)
+    return None
+
+
+def best_job(jobs: list[dict], metric: str, mode: str | None) -> dict | None:
+    """The completed job with the best `metric`, highest or lowest as `mode` says (None: no best)."""
     done = [j for j in jobs if j["status"] == "completed" and isinstance(j["final"].get(metric), float)]
-    if not done:
+    if not done or mode is None:
         return None
-    sign = -1 if metric.endswith("loss") else 1
+    sign = 1 if mode == "max" else -1
     return max(done, key=lambda j: sign * j["final"][metric])
 
 
@@ -96,7 +114,7 @@ def _cell(v: Any) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None) -> str:
+def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None, mode: str | None) -> str:
     """The report as Markdown: counts, the overrides every job shares, the best job, the table, the plot, and
     the table over seeds when several were swept."""
     header, rows = _rows(jobs, params, metric_names(jobs))
@@ -106,17 +124,21 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
     if shared:
         lines.append(f"\nEvery job: `{' '.join(shared)}`")
-    best = best_job(jobs, metric) if metric else None
+    best = best_job(jobs, metric, mode) if metric else None
     if best:
         swept = " ".join(f"{k}={best['overrides'][k]}" for k in params if k in best["overrides"])
-        lines.append(f"\nBest {metric}: **{best['final'][metric]:.4f}**, job {best['job']} ({swept})")
+        word = "highest" if mode == "max" else "lowest"
+        lines.append(f"\nBest {metric} ({word}): **{best['final'][metric]:.4f}**, job {best['job']} ({swept})")
+    elif metric and mode is None:
+        lines.append(f"\nNo best job: whether a higher {metric} is better is not known here; give the mode "
+                     f"(python -m task1.summarize <sweep> --mode max|min, or hydra.callbacks.sweep_report.mode).")
     lines += ["", "| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
     if metric and params:
         lines += ["", f"![{metric} against each swept parameter](summary.png)"]
     if seeds.seeds_swept(jobs):
         grouped = [p for p in params if p != seeds.SEED]
-        lines += seeds.markdown(seeds.seed_groups(jobs, metric_names(jobs)), grouped, metric_names(jobs), metric)
+        lines += seeds.markdown(seeds.seed_groups(jobs, metric_names(jobs)), grouped, metric_names(jobs), metric, mode)
     return "\n".join(lines) + "\n"
 
 
@@ -127,38 +149,54 @@ def _as_float(v: str) -> float | None:
         return None
 
 
-def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: list[dict] | None = None) -> None:
-    """`metric` of every completed job against each swept parameter, one panel each; with seed `groups`, also
-    each group's mean with its standard deviation as an error bar. Written atomically."""
-    import matplotlib
+def _scale(ax, xs: list[float]) -> None:
+    """A numeric axis: log-spaced values (learning rates, weight decays) on a log axis, symlog when 0 is among
+    them; a tick on each value only for a few round ones (a grid), else the axis's own ticks."""
+    positive = sorted({x for x in xs if x > 0})
+    if min(xs) >= 0 and len(positive) >= 2 and positive[-1] / positive[0] >= 10:
+        if min(xs) == 0:
+            ax.set_xscale("symlog", linthresh=positive[0], linscale=0.5)
+        else:
+            ax.set_xscale("log")
+    values = sorted(set(xs))
+    if len(values) <= 8 and all(float(f"{x:.2g}") == x for x in values):
+        ax.minorticks_off()
+        ax.set_xticks(values, [f"{x:g}" for x in values], rotation=30 if len(values) > 4 else 0)
 
-    matplotlib.use("Agg")  # a report, also on a machine without a display
-    import matplotlib.pyplot as plt
+
+def figure(jobs: list[dict], params: list[str], metric: str, groups: list[dict] | None = None):
+    """summary.png: `metric` of every completed job against each swept parameter, one panel each, coloured by
+    another swept parameter with few values (its legend names them); with seed `groups`, also each group's mean
+    with its standard deviation as an error bar."""
+    from matplotlib.figure import Figure  # no pyplot: a report, also on a machine without a display
 
     # a pruned trial's metric is that of its last epoch, not a result: left out, as from the best job
     done = [j for j in jobs if j["status"] == "completed" and isinstance(j["final"].get(metric), float)]
     means = [g for g in groups or [] if g["stats"].get(metric, {}).get("mean") is not None]
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.4), squeeze=False)
-    for ax, p in zip(axes[0], params, strict=True):
+    fig = Figure(figsize=(4 * len(params), 3.4))
+    for ax, p in zip(fig.subplots(1, len(params), squeeze=False)[0], params, strict=True):
         pairs = [(j["overrides"].get(p, ""), j["final"][metric]) for j in done]
         xs = [_as_float(x) for x, _ in pairs]
         numeric = pairs and all(x is not None for x in xs)
-        labels = sorted({x for x, _ in pairs})
+        labels = sorted({x for x, _ in pairs}, key=natural_key)
         where = _as_float if numeric else labels.index  # a numeric parameter on its scale, a choice per column
-        ax.scatter([where(x) for x, _ in pairs], [y for _, y in pairs], alpha=0.35 if means else None,
-                   label="one job" if means else None)
+        hue = next((q for q in params if q != p and 2 <= len({j["overrides"].get(q) for j in done}) <= 10), None)
+        shades = sorted({j["overrides"].get(hue, "") for j in done}, key=natural_key) if hue else [None]
+        for i, shade in enumerate(shades):
+            own = [(x, y) for (x, y), j in zip(pairs, done, strict=True) if hue is None or
+                   j["overrides"].get(hue, "") == shade]
+            ax.scatter([where(x) for x, _ in own], [y for _, y in own], alpha=0.35 if means else None,
+                       color=f"C{i % 10}" if hue else None, label=f"{hue}={shade}" if hue else
+                       "one job" if means else None)
         if means:
             stats = [g["stats"][metric] for g in means]
             ax.errorbar([where(g["overrides"].get(p, "")) for g in means], [s["mean"] for s in stats],
-                        yerr=[s["std"] or 0.0 for s in stats], fmt="o", color="C1", capsize=4,
+                        yerr=[s["std"] or 0.0 for s in stats], fmt="o", color="black", capsize=4,
                         label="mean ± std over seeds")
+        if hue or means:
             ax.legend(fontsize=7)
         if numeric:
-            if min(xs) > 0 and max(xs) / min(xs) >= 10:  # learning rates, weight decays: log-spaced
-                ax.set_xscale("log")
-            if len(set(xs)) <= 8:  # a grid: tick exactly the values tried
-                ax.minorticks_off()
-                ax.set_xticks(sorted(set(xs)), [f"{x:g}" for x in sorted(set(xs))])
+            _scale(ax, xs)
         else:
             ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
             ax.set_xlim(-0.5, len(labels) - 0.5)
@@ -167,9 +205,13 @@ def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: l
         ax.grid(alpha=0.3)
     fig.suptitle(f"{metric}: {len(done)} of {len(jobs)} jobs" + (f", {len(means)} groups of seeds" if means else ""))
     fig.tight_layout()
+    return fig
+
+
+def plot(jobs: list[dict], params: list[str], metric: str, path: Path, groups: list[dict] | None = None) -> None:
+    """summary.png (see `figure`), written atomically."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    figure(jobs, params, metric, groups).savefig(buf, format="png", dpi=100)
     write_atomic(path, buf.getvalue())
 
 
@@ -179,18 +221,24 @@ def _write_csv(path: Path, rows: list[list[Any]]) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]:
+def summarize(sweep: str | os.PathLike, metric: str | None = None, mode: str | None = None) -> list[dict]:
     """Write summary.csv, summary.md, (when something was swept) summary.png and (when seeds were)
-    summary_seeds.csv into `sweep`; return the jobs."""
+    summary_seeds.csv into `sweep`, ranked by `metric` as `mode` says (see `pick_mode`); return the jobs. An
+    unknown `metric` is refused before anything is written."""
     sweep = Path(sweep)
     jobs = read_jobs(sweep)
     if not jobs:
         raise Task1Error(f"{sweep} holds no job folders (<job>/.hydra/overrides.yaml): pass the folder of a "
                          f"multirun, e.g. outputs/multiruns/<date>_<time>")
-    params, metric, names = swept_params(jobs), pick_metric(jobs, metric), metric_names(jobs)
+    params, names = swept_params(jobs), metric_names(jobs)
+    if metric and names and metric not in names:
+        raise Task1Error(f"metric {metric} is not among the jobs' metrics: choose one of {', '.join(names)}. "
+                         f"The report was left as it was.")
+    metric = pick_metric(jobs, metric)
+    mode = pick_mode(sweep, metric, mode)
     header, rows = _rows(jobs, params, names)
     _write_csv(sweep / "summary.csv", [header, *rows])
-    write_atomic(sweep / "summary.md", markdown(sweep, jobs, params, metric))
+    write_atomic(sweep / "summary.md", markdown(sweep, jobs, params, metric, mode))
     groups, panels = None, params
     if seeds.seeds_swept(jobs):
         others = [p for p in params if p != seeds.SEED]
@@ -199,7 +247,7 @@ def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]
         panels, groups = (others, groups) if others else (params, None)  # only seeds swept: against the seed
     if metric and params:
         plot(jobs, panels, metric, sweep / "summary.png", groups)
-    best = best_job(jobs, metric) if metric else None
+    best = best_job(jobs, metric, mode) if metric else None
     failed = sum(j["status"] != "completed" for j in jobs)
     log.info("sweep report: %s (%d jobs, %d not completed%s)", sweep / "summary.md", len(jobs), failed,
              f"; best {metric} {best['final'][metric]:.4f}: job {best['job']}" if best else "")
@@ -209,13 +257,13 @@ def summarize(sweep: str | os.PathLike, metric: str | None = None) -> list[dict]
 class SweepReport(Callback):
     """Hydra callback: the sweep report, written when a multirun ends (also when some of its jobs failed)."""
 
-    def __init__(self, metric: str | None = None):
-        self.metric = metric
+    def __init__(self, metric: str | None = None, mode: str | None = None):
+        self.metric, self.mode = metric, mode
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         metric = self.metric or config.get("optimized_metric")
         try:
-            summarize(config.hydra.sweep.dir, metric)
+            summarize(config.hydra.sweep.dir, metric, self.mode)
         except Exception:  # the jobs' results are on disk either way: `python -m task1.summarize` can retry
             log.exception("could not write the sweep report for %s", config.hydra.sweep.dir)
 
@@ -225,9 +273,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m task1.summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the multirun folder, e.g. outputs/multiruns/2026-01-01_12-00-00_000000")
     parser.add_argument("--metric", help="the metric to plot and rank by (default: val/acc, or val/loss)")
+    parser.add_argument("--mode", choices=["max", "min"], help="higher or lower is better (default: the study's "
+                        "direction, else max for an accuracy and min for a loss)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summarize(args.sweep, args.metric)
+    summarize(args.sweep, args.metric, args.mode)
 
 
 if __name__ == "__main__":

@@ -35,10 +35,12 @@ def seed_groups(jobs: list[dict], metrics: list[str]) -> list[dict]:
     return out
 
 
-def best_group(groups: list[dict], metric: str) -> dict | None:
-    """The group with the best mean `metric`: lowest for a loss, highest otherwise."""
+def best_group(groups: list[dict], metric: str, mode: str | None) -> dict | None:
+    """The group with the best mean `metric`, highest or lowest as `mode` (max, min) says; None: no best."""
     scored = [g for g in groups if g["stats"].get(metric, {}).get("mean") is not None]
-    sign = -1 if metric.endswith("loss") else 1
+    if mode is None:
+        return None
+    sign = 1 if mode == "max" else -1
     return max(scored, key=lambda g: sign * g["stats"][metric]["mean"], default=None)
 
 
@@ -51,11 +53,12 @@ def csv_rows(groups: list[dict], params: list[str], metrics: list[str]) -> list[
     return [header, *rows]
 
 
-def markdown(groups: list[dict], params: list[str], metrics: list[str], metric: str | None) -> list[str]:
+def markdown(groups: list[dict], params: list[str], metrics: list[str], metric: str | None,
+             mode: str | None) -> list[str]:
     """The over-seeds section of summary.md: the best group, then one row per group, "mean ± std (n)"."""
     lines = ["", "## Over seeds", "", "Jobs that differ only in `seed`: mean ± sample standard deviation (number of "
              "completed jobs) of each metric; the numbers are also in summary_seeds.csv."]
-    best = best_group(groups, metric) if metric else None
+    best = best_group(groups, metric, mode) if metric else None
     if best:
         s = best["stats"][metric]
         where = " ".join(f"{k}={best['overrides'][k]}" for k in params if k in best["overrides"])

@@ -26,10 +26,11 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
@@ -115,6 +116,12 @@ class SlurmLauncher(Launcher):
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
+        # a search keeps several launch() calls in flight, each in a thread (task1.sweeps.launching): they plan
+        # and submit one at a time, and wait side by side; Ctrl-C in the main thread ends every wait
+        self._planning, self._stop, self._inflight = threading.Lock(), threading.Event(), set()
+
+    def __getstate__(self) -> dict:  # what a job gets: no locks, no state of the submitting command
+        return {k: v for k, v in self.__dict__.items() if k not in ("_planning", "_stop", "_inflight")}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
@@ -122,6 +129,14 @@ class SlurmLauncher(Launcher):
     # --- the submitting command
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        with self._planning:
+            jobs, waiting = self._plan(job_overrides, initial_job_idx)
+        if waiting:
+            self._wait(waiting)
+        return [j.ret for j in jobs]
+
+    def _plan(self, job_overrides, initial_job_idx: int) -> tuple[list[Job], list[Job]]:
+        """Every job of the launch, and those to wait for: submitted now, or left running by an earlier start."""
         setup_globals()
         sweep = Path(str(self.config.hydra.sweep.dir))
         sweep.mkdir(parents=True, exist_ok=True)
@@ -139,11 +154,10 @@ class SlurmLauncher(Launcher):
         if running:
             log.info("waiting for %d SLURM job%s of an earlier start: %s", len(running), "s" * (len(running) > 1),
                      ", ".join(j.slurm.job_id for j in running))
-        if todo or running:
-            self._wait(sweep, todo + running)
-        else:
+        if not todo and not running:
             log.info("nothing to submit: the %d jobs are over or under way", len(jobs))
-        return [j.ret for j in jobs]
+        self._inflight.update(j.slurm.job_id for j in todo + running)
+        return jobs, todo + running
 
     def _adopt(self, job: Job) -> bool:
         """Follow the SLURM job of an earlier start of this sweep that holds `job`'s folder, as if submitted now."""
@@ -208,22 +222,32 @@ class SlurmLauncher(Launcher):
     def _args(self, job: Job) -> tuple:
         return job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state()
 
-    def _wait(self, sweep: Path, jobs: list[Job]) -> None:
+    def _wait(self, jobs: list[Job]) -> None:
         start = time.monotonic()
         try:
             while pending := [j for j in jobs if j.ret is None]:
+                if self._stop.is_set():  # Ctrl-C, taken by the main thread
+                    raise KeyboardInterrupt
                 states = _states(j.slurm.job_id for j in pending)
                 for job in pending:
                     self._poll(job, states.get(job.slurm.job_id))
+                    if job.ret is not None:
+                        self._inflight.discard(job.slurm.job_id)
                 if any(j.ret is None for j in jobs):
-                    time.sleep(min(30.0, max(1.0, (time.monotonic() - start) / 20)))
+                    self._stop.wait(min(30.0, max(1.0, (time.monotonic() - start) / 20)))
         except KeyboardInterrupt:
-            ids = ",".join(sorted({j.slurm.job_id.split("_")[0] for j in jobs if j.ret is None}))
-            logging.getLogger("task1").error(
-                "Interrupted: the SLURM jobs go on (%s). Watch them: squeue -j %s (logs in %s). Collect them: run "
-                "this command again (finished jobs are reused, stopped ones resume). Cancel them: scancel %s",
-                ids, ids, sweep / ".submitit", ids)
-            sys.exit(130)
+            if threading.current_thread() is threading.main_thread():
+                self.interrupted()
+            raise
+
+    def interrupted(self) -> NoReturn:
+        """Ctrl-C of the command: the jobs go on in SLURM; one line says how to watch, collect and cancel them."""
+        self._stop.set()
+        ids = ",".join(sorted({i.split("_")[0] for i in self._inflight}))
+        log.error("Interrupted: the SLURM jobs go on (%s). Watch them: squeue -j %s (logs in %s). Collect them: run "
+                  "this command again (finished jobs are reused, stopped ones resume). Cancel them: scancel %s",
+                  ids, ids, Path(str(self.config.hydra.sweep.dir)) / ".submitit", ids)
+        sys.exit(130)
 
     def _poll(self, job: Job, state: tuple[str, str] | None) -> None:
         from submitit.core.utils import pickle_load

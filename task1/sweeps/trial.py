@@ -1,22 +1,22 @@
 """A search job's side of its Optuna trial: opened from the study's storage, reported to, pruned.
 
-Imported only by a job that the Optuna sweeper (task1.sweeps.search) launched, so that training imports Optuna
-only then. Relies on Optuna's storage API (`get_study_id_from_name`, `get_trial_id_from_study_id_trial_number`)
-and on building an `optuna.Trial(study, trial_id)` for a trial another process asked for, which is what Optuna's
-own workers hold in `study.optimize`; tests/test_search.py runs it against a real journal file.
+Imported only by a job of task1's Optuna sweeper (task1.sweeps.search), so that training imports Optuna only
+then. The job finds its trial in its own Hydra config: the sweeper's storage and study (`hydra.sweeper`) and
+its job number, which is the trial's number. Relies on Optuna's storage API (`get_study_id_from_name`,
+`get_trial_id_from_study_id_trial_number`) and on building an `optuna.Trial(study, trial_id)` for a trial
+another process asked for, which is what Optuna's own workers hold in `study.optimize`; tests/test_search.py
+runs it against a real journal file.
 """
 
 import logging
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from task1 import Task1Error
-from task1.sweeps.search import open_storage
+from task1.sweeps.search import open_storage, storage_spec
 
 log = logging.getLogger("task1")
 
@@ -38,25 +38,26 @@ class StudyTrial:
         self.trial.study.tell(self.trial, state=TrialState.PRUNED)
 
 
-def open_trial(node: DictConfig) -> StudyTrial | None:
-    """The running trial `node` names (`storage`, `study_name`, `trial`: a number), with the pruner and sampler
-    of the sweeper that launched this job; None outside that multirun (a rerun of a trial's folder) or when the
-    trial has already finished."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        log.info("optuna.trial=%s: this process is not its search's job (a rerun, or a DDP rank that follows "
-                 "rank 0), so it does not report to the trial", node.trial)
-        return None
-    sweeper = HydraConfig.get().sweeper
-    storage = open_storage(node.storage)
+def open_trial() -> StudyTrial | None:
+    """The running trial of this job (task1.sweeps.jobs.search_trial says whether it is one), with the pruner
+    of the sweeper that launched it; None when the trial has already finished or its study has several
+    objectives (Optuna prunes single-objective studies only)."""
+    hc = HydraConfig.get()
+    spec, number = storage_spec(hc), int(hc.job.num)
+    storage = open_storage(spec)
+    # a RandomSampler: the job only reports, and building the search's sampler (a grid, a GP) costs for nothing
     try:
-        study_id = storage.get_study_id_from_name(node.study_name)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, node.trial)
-    except KeyError:
-        raise Task1Error(f"optuna.storage={node.storage} holds no trial {node.trial} of a study named "
-                         f"{node.study_name!r}: this job belongs to another search.") from None
+        study = optuna.load_study(study_name=hc.sweeper.study_name, storage=storage,
+                                  sampler=optuna.samplers.RandomSampler(), pruner=instantiate(hc.sweeper.pruner))
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), number)
+    except (KeyError, ValueError):
+        raise Task1Error(f"{spec} holds no trial {number} of a study named {hc.sweeper.study_name!r}: this job "
+                         f"belongs to another search.") from None
     if storage.get_trial(trial_id).state != TrialState.RUNNING:
-        log.info("trial %d of study %r has finished: this run does not report to it", node.trial, node.study_name)
+        log.info("trial %d of study %r has finished: this run does not report to it", number, study.study_name)
         return None
-    study = optuna.load_study(study_name=node.study_name, storage=storage, sampler=instantiate(sweeper.sampler),
-                              pruner=instantiate(sweeper.pruner))
+    if len(study.directions) > 1:
+        log.info("study %r has %d objectives: its trials are not pruned", study.study_name, len(study.directions))
+        return None
     return StudyTrial(optuna.Trial(study, trial_id))

@@ -1,0 +1,257 @@
+"""A run's figures drawn in a process of their own, beside the training: `python -m task1.drawer` serves them.
+
+The five figures of a classification run (two prediction grids, two confusion matrices, the learning curves)
+take 60-90 ms each to lay out and render here, together longer than a softmax epoch. Handed to the drawer,
+they cost the run the pickling of their data (24 images, a 10x10 matrix, the history): the drawer renders each
+with task1.plots, writes its PNG (atomically) and, for TensorBoard, the same PNG as an image event in the run's
+log folder (an event file of its own, beside the logger's: TensorBoard reads every event file of a run).
+
+One drawer per process, started with the first run that draws and kept for the process's life, so that a sweep
+pays for its start once. A single run waits for its figures at its end (`settle`); a sweep's job does not, the
+next job trains while they are drawn, and the process waits for all of them when it exits. Where the drawer
+cannot start or dies, the figures are drawn in the run's own process, as before.
+"""
+
+import atexit
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import queue
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from task1 import error_line
+
+log = logging.getLogger("task1")
+Board = tuple[str, str, int]  # a TensorBoard log folder, the image's tag, its step
+
+
+def draw_one(name: str, args: tuple, path: str | None, boards: list[Board], events: dict) -> None:
+    """task1.plots.<name>(*args); when `path` is given, the figure (or image) it returns saved there as a PNG
+    and logged to each of `boards`. `events` keeps the event file writer of the last log folder."""
+    import numpy as np
+
+    from task1 import plots
+
+    # the same figure again (the last validation's grid is the test's when they share a split): drawn once
+    key = hashlib.sha1(encode((name, args))).digest()
+    if events.get("last", (None,))[0] == key and path is not None:
+        image, data = events["last"][1:]
+    else:
+        result = getattr(plots, name)(*args)
+        if path is None:  # the function saved its own files
+            return
+        image = result if isinstance(result, np.ndarray) else plots.to_array(result)  # framed: rendered already
+        data = plots.png(image)
+        events["last"] = (key, image, data)
+    _write(Path(path), data)
+    for folder, tag, step in boards:
+        _image_event(events, folder, tag, step, data, image.shape)
+
+
+def _write(path: Path, data: bytes) -> None:
+    from task1.io import write_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+
+
+def _image_event(events: dict, folder: str, tag: str, step: int, data: bytes, shape: tuple) -> None:
+    """The PNG as a TensorBoard image event, as torch's SummaryWriter.add_image writes it."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    if events.get("folder") != folder:  # a new run: the last one's file is complete
+        if events.get("writer") is not None:
+            events["writer"].close()
+        events.update(folder=folder, writer=EventFileWriter(folder, filename_suffix=".figures"))
+    image = Summary.Image(height=shape[0], width=shape[1], colorspace=shape[2], encoded_image_string=data)
+    events["writer"].add_event(Event(wall_time=time.time(), step=step,
+                                     summary=Summary(value=[Summary.Value(tag=tag, image=image)])))
+    events["writer"].flush()
+
+
+def close(events: dict) -> None:
+    if events.get("writer") is not None:
+        events["writer"].close()
+    events.clear()
+
+
+def encode(item: tuple) -> bytes:
+    """An item as bytes for the pipe: JSON, its NumPy arrays as .npy data (no pickles: nothing runs code on
+    reading), each part after its length."""
+    import numpy as np
+
+    arrays: list = []
+
+    def plain(x: Any) -> Any:
+        if hasattr(x, "__array__") and not isinstance(x, (list, tuple, dict, str)):
+            arrays.append(np.asarray(x))
+            return {"__array__": len(arrays) - 1}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        return str(x) if isinstance(x, Path) else x
+
+    parts = [json.dumps(plain(item)).encode()]
+    for a in arrays:
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        parts.append(buf.getvalue())
+    return struct.pack(">I", len(parts)) + b"".join(struct.pack(">Q", len(p)) + p for p in parts)
+
+
+def decode(stream) -> tuple | None:
+    """The next item from `stream` (see `encode`); None at its end."""
+    import numpy as np
+
+    def read(n: int) -> bytes:
+        data = stream.read(n)
+        if len(data) < n:
+            raise EOFError
+        return data
+
+    try:
+        count = struct.unpack(">I", read(4))[0]
+        parts = [read(struct.unpack(">Q", read(8))[0]) for _ in range(count)]
+    except EOFError:
+        return None
+    arrays = [np.load(io.BytesIO(p), allow_pickle=False) for p in parts[1:]]
+
+    def rich(x: Any) -> Any:
+        if isinstance(x, dict):
+            return arrays[x["__array__"]] if set(x) == {"__array__"} else {k: rich(v) for k, v in x.items()}
+        return [rich(v) for v in x] if isinstance(x, list) else x
+
+    return tuple(rich(json.loads(parts[0])))
+
+
+class Drawer:
+    """The client: `draw` hands a figure over, `wait` returns once every figure handed over is on disk."""
+
+    def __init__(self) -> None:
+        package_root = str(Path(__file__).resolve().parents[1])  # also when task1 runs from a checkout
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
+                                                           if p)}
+        self.process = subprocess.Popen([sys.executable, "-m", "task1.drawer"], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env)
+        self.pending, self.alive = 0, True
+        self.lock = threading.Condition()
+        self.outbox: queue.Queue = queue.Queue()  # handed over at once: a full pipe would hold the run up
+        threading.Thread(target=self._send, name="task1-drawer-send", daemon=True).start()
+        self.replies = threading.Thread(target=self._replies, name="task1-drawer-replies", daemon=True)
+        self.replies.start()
+        atexit.register(self.close)
+
+    def _send(self) -> None:
+        while (item := self.outbox.get()) is not None:
+            try:
+                data = encode(item)
+            except (TypeError, ValueError) as e:  # a figure of data the pipe cannot carry: that one is lost
+                log.warning("a figure could not be handed to the drawer: %s", error_line(e))
+                with self.lock:
+                    self.pending -= 1
+                    self.lock.notify_all()
+                continue
+            try:
+                self.process.stdin.write(data)
+                self.process.stdin.flush()
+            except OSError:  # the drawer died: the replies' end says so
+                break
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+
+    def _replies(self) -> None:
+        for line in self.process.stdout:
+            reply = line.decode().strip()
+            if reply != "ok":
+                log.warning("a figure could not be drawn: %s", reply)
+            with self.lock:
+                self.pending -= 1
+                self.lock.notify_all()
+        with self.lock:  # the drawer ended: nothing more will come
+            if self.pending > 0:
+                log.warning("the figure drawer ended with %d figure(s) not drawn", self.pending)
+            self.alive, self.pending = False, 0
+            self.lock.notify_all()
+
+    def draw(self, item: tuple) -> bool:
+        """Hand `item` (see `draw_one`) over; False when the drawer is gone."""
+        with self.lock:
+            if not self.alive:
+                return False
+            self.pending += 1
+        self.outbox.put(item)
+        return True
+
+    def wait(self) -> None:
+        with self.lock:
+            self.lock.wait_for(lambda: self.pending <= 0)
+
+    def close(self) -> None:
+        self.wait()
+        self.outbox.put(None)
+        self.process.wait()
+        self.replies.join()
+
+
+_drawer: Drawer | None = None
+_inline: dict = {}  # the event writer of figures drawn in this process
+
+
+def start() -> None:
+    """Start this process's drawer now (it imports matplotlib while the run trains)."""
+    global _drawer
+    if _drawer is None or not _drawer.alive:
+        try:
+            _drawer = Drawer()
+        except OSError as e:
+            log.warning("figures are drawn in this process: the drawer could not start (%s)", error_line(e))
+
+
+def draw(name: str, args: tuple, path: Path | None = None, boards: list[Board] | tuple = ()) -> None:
+    """Have task1.plots.<name>(*args) drawn (see `draw_one`): by the drawer, else here."""
+    start()
+    item = (name, args, None if path is None else str(path), list(boards))
+    if _drawer is None or not _drawer.draw(item):
+        draw_one(*item, _inline)
+        close(_inline)
+
+
+def settle() -> None:
+    """Return once every figure handed over is on disk (a single run's end; a sweep's job does not wait)."""
+    if _drawer is not None:
+        _drawer.wait()
+
+
+def serve() -> None:
+    """The drawer's side: draw each item from stdin (see `encode`), reply one line for each on stdout."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the run; the figures it handed over still come
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # anything else printed goes to stderr, not the replies
+    events: dict = {}
+    stdin = sys.stdin.buffer
+    while (item := decode(stdin)) is not None:
+        try:
+            draw_one(*item, events)
+            reply = "ok"
+        except Exception as e:  # one figure's failure is the run's to log, not the drawer's end
+            reply = f"{item[0]} for {item[2] or item[1][-1]}: {error_line(e)}"
+        replies.write(reply.replace("\n", " ") + "\n")
+        replies.flush()
+    close(events)
+
+
+if __name__ == "__main__":
+    serve()
