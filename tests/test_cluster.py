@@ -334,3 +334,12 @@ def test_a_search_started_again_takes_the_result_of_a_trial_whose_job_outlived_i
     for trial in study.trials:  # each trial's value is what its job's metrics.json says
         metrics = json.loads((tmp_path / str(trial.number) / "metrics.json").read_text())
         assert metrics["status"] == "completed" and trial.value == metrics["final"]["val/acc"]
+
+
+def test_search_trials_in_flight_start_as_soon_as_one_ends_on_slurm(slurm, tmp_path, monkeypatch):
+    import test_search_async
+
+    # the same app as under joblib and submitit_local: another Hydra app than task1's, on task1's SLURM launcher
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    monkeypatch.setitem(test_search_async.LAUNCHERS, "slurm", ["hydra/launcher=slurm"])
+    test_search_async.test_trials_start_as_soon_as_one_ends(tmp_path, "slurm")

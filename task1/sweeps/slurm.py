@@ -1,8 +1,9 @@
 """Sweeps on SLURM (`hydra/launcher=slurm`): submitit's launcher, with task1 owning what a cluster does to jobs.
 
 - Resources follow the run: one task per device under `trainer=ddp`, `threads` CPUs a task, the GPUs `trainer=gpu`
-  asks for, 4 GB a task; the preset's fields override each (`conf/hydra/launcher/slurm.yaml`). Jobs that ask for
-  different resources go in separate arrays.
+  asks for, 4 GB a task; the preset's fields override each (hydra_plugins/task1_slurm/conf/hydra/launcher/, on
+  every Hydra app's search path: any app can use the launcher). Jobs that ask for different resources go in
+  separate arrays.
 - Only the jobs that need work are submitted: a job that is over (task1.sweeps.folders.ended) or held by a live
   process is run here, where it reuses what its folder holds (or is left to its holder) at once.
 - The time-limit warning and preemption (SIGUSR2, or SIGUSR1) stop the run at the end of a batch with its
@@ -61,7 +62,7 @@ SHOWN = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node
 def resources(cfg: DictConfig, params: dict[str, Any]) -> dict[str, Any]:
     """The launcher's parameters for the job `cfg`: each field left null follows the run."""
     p = {k: v for k, v in params.items() if k not in OWN}
-    trainer = cfg.trainer
+    trainer = cfg.get("trainer") or {}  # (another Hydra app than task1's has none: one task, one CPU)
     devices = trainer.get("devices")
     devices = devices if isinstance(devices, int) and devices > 0 else 1
     ddp = str(trainer.get("strategy") or "").startswith("ddp")
