@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 
 class SlurmLauncher(Launcher):
-    """SLURM through submitit, with task1 owning requeue, resume and waiting (conf/hydra/launcher/slurm.yaml beside it)."""
+    """SLURM through submitit, with task1 owning requeue, resume and waiting (conf/hydra/launcher/ beside it)."""
 
     def __init__(self, **params: Any) -> None:
         from task1.sweeps.slurm import SlurmLauncher as Launch
