@@ -254,7 +254,7 @@ def startup_commands(tmp: Path) -> dict[str, tuple[list[str], int]]:
         "import lightning": (["-c", "import lightning"], 0),
         "train --help": (["-m", "task1.train", "--help"], 0),
         "train config error": (["-m", "task1.train", "data.batch_size=0", f"hydra.run.dir={tmp / 'error'}"], 1),
-        "lr_schedule": (["-m", "task1.lr_schedule", "scheduler=cosine", "scheduler.interval=step",
+        "lr_schedule": (["-m", "task1", "lr-schedule", "scheduler=cosine", "scheduler.interval=step",
                          "trainer.max_epochs=5", f"hydra.run.dir={tmp / 'lr'}"], 0),
     }
 

@@ -185,7 +185,7 @@ def show(run: Result | str | os.PathLike, *names: str) -> list[Path]:
 
 
 def show_data(*overrides: str) -> Path:
-    """`python -m task1.show <overrides>`: examples of the data with their labels; the PNG shown and returned."""
+    """`task1 show <overrides>`: examples of the data with their labels; the PNG shown and returned."""
     from task1.tools.show import show as draw
 
     cfg = _full(overrides, "show")
@@ -196,7 +196,7 @@ def show_data(*overrides: str) -> Path:
 
 
 def lr_schedule(*overrides: str) -> list[float]:
-    """`python -m task1.lr_schedule <overrides>`: the learning rate of every optimizer step of that run, printed,
+    """`task1 lr-schedule <overrides>`: the learning rate of every optimizer step of that run, printed,
     plotted (shown inline) and returned."""
     from task1.tools.lr_schedule import lr_schedule as schedule
 

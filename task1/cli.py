@@ -41,12 +41,26 @@ def fail(error: Task1Error) -> NoReturn:
     sys.exit(1)
 
 
-def show(text: str) -> None:
-    """Print `text`; a reader that stops early (`task1-train --help | head`) ends it quietly, as Unix tools do."""
+def echo(text: str) -> None:
+    """Print `text`; a reader that stops early (`task1 train --help | head`) ends it quietly, as Unix tools do."""
     try:
         print(text, flush=True)
     except BrokenPipeError:  # Python's own advice: stdout to /dev/null, so that its flush at exit fails no more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def answer_help(text) -> None:
+    """With `--help` (or `-h`) among the arguments, print `text` (a string, or a function that makes it) and exit
+    with status 0: a command's help costs no import of what the command needs."""
+    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+        echo((text() if callable(text) else text).strip())
+        sys.exit(0)
+
+
+def config_help(doc: str, name: str) -> str:
+    """A tool's help: its docstring, then its config file (conf/<name>.yaml, whose comments say each field)."""
+    fields = (CONF / f"{name}.yaml").read_text()
+    return f"{doc.strip()}\n\nIts fields (conf/{name}.yaml), key=value; the training config's groups too:\n{fields}"
 
 
 def exit_on_error(entry):
@@ -158,7 +172,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     groups = group_overrides(rest)
     if groups:
         raise Task1Error(f"resume={run}: {' '.join(groups)} would choose another config option, and a resumed run "
-                         f"goes on as it started. Train a new run from it instead: python -m task1.rerun {run} "
+                         f"goes on as it started. Train a new run from it instead: task1 rerun {run} "
                          f"{' '.join(groups)}")
     own = [f"resume={run}", f"hydra.run.dir={run}", "hydra.output_subdir=null"]
     if rest[:4] == _saved_run(hydra_dir, []):  # Lightning's DDP relaunch: this process's arguments, rewritten
@@ -190,10 +204,10 @@ def train_argv(argv: list[str]) -> list[str]:
 
 
 def rerun_main_argv(argv: list[str]) -> list[str]:
-    """`task1.rerun <run folder> [overrides]` as the arguments of `task1.train`: the run's saved config, or, when
+    """`task1 rerun <run folder> [overrides]` as the arguments of `task1.train`: the run's saved config, or, when
     the overrides choose a config option (`model=mlp`), the run's choices and overrides composed from conf/."""
     if len(argv) < 2 or argv[1].startswith("-"):
-        print("usage: python -m task1.rerun <run folder> [overrides]", file=sys.stderr)
+        print("usage: task1 rerun <run folder> [overrides]", file=sys.stderr)
         sys.exit(2)
     hydra_dir = saved_config_dir(argv[1])
     if group_overrides(argv[2:]):
@@ -230,7 +244,7 @@ def train_help() -> str:
             (group, option), = entry.items()
             defaults[group.removeprefix("optional ").removeprefix("override /")] = option
     groups = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__"))
-    lines = ["usage: python -m task1.train [group=option ...] [key=value ...]     (or: task1-train ...)",
+    lines = ["usage: python -m task1.train [group=option ...] [key=value ...]     (or: task1 train ...)",
              "       python -m task1.train -m key=a,b ...                         a sweep: one job per combination",
              "       python -m task1.train --cfg job [overrides]                  print the config a run would use",
              "       python -m task1.train resume=<run folder>                    go on with a stopped run",

@@ -1,4 +1,4 @@
-"""Train one configured model: `python -m task1.train [overrides]` (or `task1-train`), or `train(cfg)` from Python.
+"""Train one configured model: `python -m task1.train [overrides]` (or `task1 train`), or `train(cfg)` from Python.
 
 This entry point imports neither torch nor Lightning: `--help`, `--cfg job` and a mistake in the config answer
 within a second or two; the training core is imported once the config has passed its checks.
@@ -68,9 +68,7 @@ def job(cfg: DictConfig, multirun: bool) -> float | None:
 
 @cli.exit_on_error
 def main() -> None:
-    if any(a in ("--help", "-h") for a in sys.argv[1:]):
-        cli.show(cli.train_help())
-        return
+    cli.answer_help(cli.train_help)
     sys.argv = cli.train_argv(sys.argv)  # a saved run's folder (rerun, resume=) -> its own config
     run()
 

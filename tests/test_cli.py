@@ -46,13 +46,13 @@ def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
         "bad value": (1, "task1.train", "data.batch_size=0", f"hydra.run.dir={tmp_path}"),
         "unknown key": (1, "task1.train", "+optimizer.lrr=0.1", f"hydra.run.dir={tmp_path}"),
         "trainer key typo": (1, "task1.train", "+trainer.max_epoch=3", f"hydra.run.dir={tmp_path}"),
-        "lr_schedule": (0, "task1.lr_schedule", "scheduler=cosine", "trainer.max_epochs=2",
+        "lr_schedule": (0, "task1", "lr-schedule", "scheduler=cosine", "trainer.max_epochs=2",
                         f"hydra.run.dir={tmp_path}"),
-        "summarize": (0, "task1.summarize", str(a_sweep(tmp_path / "sweep"))),
-        "curves": (0, "task1.curves", str(a_sweep(tmp_path / "sweep2")), "--out", str(tmp_path / "c.png")),
-        "reproduce --no-run": (1, "task1.reproduce", "--no-run", "--out", str(tmp_path), "--experiments",
+        "summarize": (0, "task1", "summarize", str(a_sweep(tmp_path / "sweep"))),
+        "curves": (0, "task1", "curves", str(a_sweep(tmp_path / "sweep2")), "--out", str(tmp_path / "c.png")),
+        "reproduce --no-run": (1, "task1", "reproduce", "--no-run", "--out", str(tmp_path), "--experiments",
                                "d2l_3_2_linear_scratch"),
-        "show": (0, "task1.show", f"paths.data_dir={fake_root}", f"paths.output_dir={tmp_path}"),
+        "show": (0, "task1", "show", f"paths.data_dir={fake_root}", f"paths.output_dir={tmp_path}"),
     }
     status, *command = commands[case]
     result, lightning, torch = probe(*command)
@@ -94,13 +94,23 @@ def test_lightning_still_has_what_the_short_cuts_rely_on():
     assert shortcuts.check() == []
 
 
-def test_console_scripts_are_installed_and_answer(tmp_path):
-    scripts = Path(sys.executable).parent
-    for name in ("task1-train", "task1-rerun", "task1-eval", "task1-reproduce", "task1-show", "task1-curves",
-                 "task1-lr-schedule", "task1-summarize"):
-        assert (scripts / name).is_file() or shutil.which(name), f"{name} is not installed: pip install -e ."
-    result = subprocess.run([str(scripts / "task1-train"), "data.batch_size=0", f"hydra.run.dir={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_one_command_lists_its_subcommands_and_each_explains_itself(tmp_path):
+    from task1.__main__ import COMMANDS
+
+    task1 = shutil.which("task1", path=str(Path(sys.executable).parent))
+    assert task1, "the task1 command is not installed: pip install -e ."
+    listed = subprocess.run([task1, "--help"], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0
+    for name, (_, what) in COMMANDS.items():  # one line each
+        assert f"  {name:<13}{what}" in listed.stdout.splitlines()
+    for name in COMMANDS:
+        helped = subprocess.run([task1, name, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        out = helped.stdout + helped.stderr
+        assert helped.returncode == 0 and "Traceback" not in out and len(out.strip()) > 40, (name, out[-2000:])
+    wrong = subprocess.run([task1, "trian"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "there is no command 'trian'; did you mean train?" in wrong.stderr
+    result = subprocess.run([task1, "train", "data.batch_size=0", f"hydra.run.dir={tmp_path}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "data.batch_size=0 is not allowed" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -122,7 +132,7 @@ def test_declared_versions_admit_what_the_code_needs():
 
 
 def test_help_read_only_in_part_ends_quietly():
-    # `task1-train --help | head -3`, at its harshest: the reader has gone before the first line is written
+    # `task1 train --help | head -3`, at its harshest: the reader has gone before the first line is written
     read, write = os.pipe()
     os.close(read)
     try:

@@ -24,7 +24,7 @@ def test_rerun_with_a_config_group_composes_the_runs_overrides_afresh_and_resume
     assert first.returncode == 0, first.stderr[-3000:]
 
     # another model, and another logger: conf/ composed with the run's overrides, then these
-    mlp = run_cli("-m", "task1.rerun", str(run), "model=mlp", "model.num_hiddens=16", "logger=csv",
+    mlp = run_cli("-m", "task1", "rerun", str(run), "model=mlp", "model.num_hiddens=16", "logger=csv",
                   f"hydra.run.dir={tmp_path / 'mlp'}")
     assert mlp.returncode == 0, mlp.stderr[-3000:]
     ran = yaml.safe_load((tmp_path / "mlp" / "config_resolved.yaml").read_text())
@@ -33,26 +33,26 @@ def test_rerun_with_a_config_group_composes_the_runs_overrides_afresh_and_resume
     assert (tmp_path / "mlp" / "csv" / "metrics.csv").is_file()
     assert json.loads((tmp_path / "mlp" / "metrics.json").read_text())["status"] == "completed"
     # choosing a group again drops the run's fields of it: softmax has no model.num_hiddens
-    softmax = run_cli("-m", "task1.rerun", str(tmp_path / "mlp"), "model=softmax", f"hydra.run.dir={tmp_path / 's'}")
+    softmax = run_cli("-m", "task1", "rerun", str(tmp_path / "mlp"), "model=softmax", f"hydra.run.dir={tmp_path / 's'}")
     assert softmax.returncode == 0, softmax.stderr[-3000:]
     assert "model.num_hiddens" not in (tmp_path / "s" / ".hydra" / "overrides.yaml").read_text()
 
     before = folders(tmp_path)
     out = no_traceback(run_cli(f"resume={run}", "model=mlp"))
     assert f"resume={run}: model=mlp would choose another config option, and a resumed run goes on as it started." \
-           f" Train a new run from it instead: python -m task1.rerun {run} model=mlp" in out
+           f" Train a new run from it instead: task1 rerun {run} model=mlp" in out
     assert folders(tmp_path) == before  # refused before any folder was made
     # a rerun from a saved config (no options left to choose): refused, saying what to run
-    again = run_cli("-m", "task1.rerun", str(run), f"hydra.run.dir={tmp_path / 'again'}")
+    again = run_cli("-m", "task1", "rerun", str(run), f"hydra.run.dir={tmp_path / 'again'}")
     assert again.returncode == 0, again.stderr[-3000:]
     before = folders(tmp_path)
-    out = no_traceback(run_cli("-m", "task1.rerun", str(tmp_path / "again"), "model=mlp"))
+    out = no_traceback(run_cli("-m", "task1", "rerun", str(tmp_path / "again"), "model=mlp"))
     assert "was not composed from task1's config tree" in out and "python -m task1.train model=mlp" in out
     assert folders(tmp_path) == before  # refused before any folder was made
 
 
 def test_eval_help_explains_and_exits_0():
-    result = run_cli("-m", "task1.eval", "--help")
+    result = run_cli("-m", "task1", "eval", "--help")
     assert result.returncode == 0 and "split=test|val" in result.stdout and "<split>.json" in result.stdout
 
 
@@ -64,14 +64,14 @@ def test_eval_help_explains_and_exits_0():
 ])
 def test_eval_refuses_bad_overrides_in_one_line_and_writes_nothing(make_cfg, tmp_path, args, message):
     train(make_cfg("figures.enabled=false"))
-    out = no_traceback(run_cli("-m", "task1.eval", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", *args))
+    out = no_traceback(run_cli("-m", "task1", "eval", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", *args))
     assert message in out and not (tmp_path / "eval").exists()
 
 
 def test_eval_scores_either_split_and_writes_metrics_and_figures_beside_what_it_prints(make_cfg, tmp_path):
     metrics = train(make_cfg("trainer.max_epochs=2", "data.val_size=100", "figures.enabled=false"))
     last = tmp_path / "checkpoints" / "last.ckpt"
-    result = run_cli("-m", "task1.eval", f"ckpt_path={last}", "split=val", "data.eval_batch_size=64")
+    result = run_cli("-m", "task1", "eval", f"ckpt_path={last}", "split=val", "data.eval_batch_size=64")
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((tmp_path / "eval" / "last" / "val.json").read_text())
     assert f"written to {tmp_path / 'eval' / 'last' / 'val.json'}" in result.stdout

@@ -76,7 +76,7 @@ def test_figures_can_be_turned_off(make_cfg, tmp_path):
 
 
 def test_show_cli_saves_a_labelled_grid_and_logs_it(fake_root, tmp_path):
-    result = run_cli("-m", "task1.show", f"data.root={fake_root}", "show.count=5", "show.ncols=5",
+    result = run_cli("-m", "task1", "show", f"data.root={fake_root}", "show.count=5", "show.ncols=5",
                      "show.classes=[trouser,3]", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert png_size(tmp_path / "train.png") == (650, 170)  # one row of five

@@ -63,8 +63,9 @@ def test_per_step_frequency_counts_batches_of_the_epoch_as_lightning_does(tmp_pa
 
 
 def test_command_line_prints_the_runs_of_the_schedule(tmp_path):
-    result = run_cli("-m", "task1.lr_schedule", "scheduler=step", "scheduler.step_size=100", "scheduler.interval=step",
-                     "data.batch_size=256", "trainer.max_epochs=5", f"paths.output_dir={tmp_path}")
+    result = run_cli("-m", "task1", "lr-schedule", "scheduler=step", "scheduler.step_size=100",
+                     "scheduler.interval=step", "data.batch_size=256", "trainer.max_epochs=5",
+                     f"paths.output_dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     (out,) = (tmp_path / "lr_schedule").iterdir()  # <paths.output_dir>/lr_schedule/<date>_<time>
     assert "5 epochs x 235 optimizer steps (60000 examples / batch 256)" in result.stdout

@@ -28,7 +28,7 @@ def test_a_folder_that_cannot_be_made_ends_in_one_line(tmp_path, mode, where):
         saved.mkdir(parents=True)
         (saved / "config.yaml").write_text("seed: 1\n")
         (saved / "hydra.yaml").write_text("hydra: {}\n")
-        result = run_cli("-m", "task1.rerun", str(saved.parent), f"{key}={folder}")
+        result = run_cli("-m", "task1", "rerun", str(saved.parent), f"{key}={folder}")
     out = no_traceback(result)
     reason = r"NotADirectoryError: \[Errno 20\] Not a directory" if where == "through a regular file" else \
         r"PermissionError: \[Errno (1|13)\] (Operation not permitted|Permission denied)"

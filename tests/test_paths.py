@@ -75,7 +75,7 @@ def test_a_run_saved_before_paths_existed_reruns_and_resumes(fake_root, tmp_path
     moved = data.rename(tmp_path / "moved")
 
     # a rerun in a fresh folder under TASK1_OUTPUT_DIR, on the data where it is now
-    again = run_cli("-m", "task1.rerun", str(old), f"paths.data_dir={moved}",
+    again = run_cli("-m", "task1", "rerun", str(old), f"paths.data_dir={moved}",
                     env={"TASK1_OUTPUT_DIR": str(tmp_path / "out")})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     (rerun,) = (tmp_path / "out" / "runs").iterdir()

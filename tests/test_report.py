@@ -48,7 +48,7 @@ def test_a_metric_of_unknown_direction_is_not_ranked_by_its_name(tmp_path):
 def test_an_unknown_metric_is_refused_and_the_report_left_as_it_was(tmp_path):
     summarize(err_sweep(tmp_path), "val/acc")
     before = {p.name: p.read_bytes() for p in tmp_path.glob("summary*")}
-    result = run_cli("-m", "task1.summarize", str(tmp_path), "--metric", "val/accc")
+    result = run_cli("-m", "task1", "summarize", str(tmp_path), "--metric", "val/accc")
     out = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert "metric val/accc is not among the jobs' metrics: choose one of val/acc, val/err" in out

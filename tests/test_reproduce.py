@@ -178,7 +178,7 @@ def test_rerun_from_the_run_folder_gives_bit_identical_metrics(fake_root, tmp_pa
     assert prov["python"] == platform.python_version() and prov["torch"].startswith(torch.__version__.split("+")[0])
     assert {"python", "lightning", "hydra-core", "git_commit", "git_dirty"} <= set(prov)
     # `task1.rerun <run>` is `task1.train --config-dir <run>/.hydra --config-name config`, rewritten by rerun_argv
-    result = run_cli("-m", "task1.rerun", str(run), f"hydra.run.dir={tmp_path / 'again'}")
+    result = run_cli("-m", "task1", "rerun", str(run), f"hydra.run.dir={tmp_path / 'again'}")
     assert result.returncode == 0, result.stderr[-3000:]
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["final"] == metrics["final"] and again["history"] == metrics["history"]
@@ -205,7 +205,7 @@ def test_config_dir_of_a_run_folder_becomes_the_primary_config(tmp_path):
 
 
 def test_rerun_of_a_folder_that_is_not_a_run_says_so(tmp_path):
-    result = run_cli("-m", "task1.rerun", str(tmp_path))
+    result = run_cli("-m", "task1", "rerun", str(tmp_path))
     assert result.returncode == 1 and "is not a run folder" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -88,7 +88,7 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_p
 def test_a_rerun_killed_mid_epoch_resumes_as_the_rerun(finished, uninterrupted, tmp_path):
     # the rerun's own overrides.yaml is empty: composing conf/ with it would resume the default model
     run = tmp_path / "rerun"
-    kill_mid_epoch([str(finished)], run, module="task1.rerun")
+    kill_mid_epoch([str(finished)], run, module="task1.tools.rerun")
     result = run_cli(f"resume={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = json.loads((run / "metrics.json").read_text())

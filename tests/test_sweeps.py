@@ -134,11 +134,11 @@ def test_failed_job_is_reported_and_the_others_complete(fake_root, tmp_path):
     before = (sweep / "summary.csv").read_text()
     for name in ("summary.csv", "summary.md", "summary.png"):
         (sweep / name).unlink()
-    result = run_cli("-m", "task1.summarize", str(sweep))
+    result = run_cli("-m", "task1", "summarize", str(sweep))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (sweep / "summary.csv").read_text() == before and (sweep / "summary.png").is_file()
 
-    result = run_cli("-m", "task1.summarize", str(tmp_path))
+    result = run_cli("-m", "task1", "summarize", str(tmp_path))
     assert result.returncode == 1 and "holds no job folders" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -251,7 +251,7 @@ def test_a_ddp_sweep_of_a_saved_config_trains_that_config_on_every_rank_and_leav
     run = tmp_path / "run"
     assert run_cli(*quiet, "model=mlp", "model.num_hiddens=24", f"hydra.run.dir={run}").returncode == 0
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", "task1.rerun", str(run), "--multirun", "+trainer.strategy=ddp", "trainer.accelerator=cpu",
+    result = run_cli("-m", "task1", "rerun", str(run), "--multirun", "+trainer.strategy=ddp", "trainer.accelerator=cpu",
                      "trainer.devices=2", "optimizer.lr=0.1,0.5", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     jobs = jobs_of(sweep)

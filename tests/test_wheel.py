@@ -52,32 +52,32 @@ def test_the_wheel_runs_every_command_from_anywhere(installed, tmp_path, fake_ro
     assert "site-packages" in package and Path(conf) == Path(package).parent / "conf"  # not the checkout's
     data = [f"paths.data_dir={fake_root}"]
 
-    assert "model:" in run([bin_ / "task1-train", "--help"], here).stdout
-    run([bin_ / "task1-train", *TINY, *data, "hydra.run.dir=run"], here)  # relative to the folder it runs in
+    assert "model:" in run([bin_ / "task1", "train", "--help"], here).stdout
+    run([bin_ / "task1", "train", *TINY, *data, "hydra.run.dir=run"], here)  # relative to the folder it runs in
     metrics = json.loads((here / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["provenance"]["task1"] == "0.1.0"
     assert metrics["provenance"]["git_commit"] is None  # an installed wheel is no checkout
 
     search = here / "search"
-    run([bin_ / "task1-train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.val_size=100",
+    run([bin_ / "task1", "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.val_size=100",
          "model.num_hiddens=16", "logger=none", "figures.enabled=false", *TINY, *data, f"hydra.sweep.dir={search}"],
         here)
     results = yaml.safe_load((search / "optimization_results.yaml").read_text())
     assert results["n_trials"] == 2 and results["states"] == {"complete": 2}
-    run([bin_ / "task1-summarize", search], here)
+    run([bin_ / "task1", "summarize", search], here)
     assert (search / "summary.md").is_file()
 
-    run([bin_ / "task1-rerun", here / "run", "optimizer.lr=0.2", "hydra.run.dir=again"], here)
+    run([bin_ / "task1", "rerun", here / "run", "optimizer.lr=0.2", "hydra.run.dir=again"], here)
     assert json.loads((here / "again" / "metrics.json").read_text())["final"]["train/lr"] == 0.2
-    run([bin_ / "task1-rerun", here / "run", "model=mlp", "model.num_hiddens=8", "hydra.run.dir=mlp"], here)
+    run([bin_ / "task1", "rerun", here / "run", "model=mlp", "model.num_hiddens=8", "hydra.run.dir=mlp"], here)
     assert "MLP" in (here / "mlp" / "config_resolved.yaml").read_text()
-    assert "test" in run([bin_ / "task1-eval", f"ckpt_path={here / 'run/checkpoints/last.ckpt'}"], here).stdout
-    run([bin_ / "task1-curves", here / "run", here / "again", "--out", "curves.png"], here)
-    run([bin_ / "task1-show", *data], here)
-    run([bin_ / "task1-lr-schedule", "scheduler=cosine", "trainer.max_epochs=2"], here)
+    assert "test" in run([bin_ / "task1", "eval", f"ckpt_path={here / 'run/checkpoints/last.ckpt'}"], here).stdout
+    run([bin_ / "task1", "curves", here / "run", here / "again", "--out", "curves.png"], here)
+    run([bin_ / "task1", "show", *data], here)
+    run([bin_ / "task1", "lr-schedule", "scheduler=cosine", "trainer.max_epochs=2"], here)
     assert list((here / "outputs" / "show").glob("*/train.png")) and (here / "curves.png").is_file()
     assert list((here / "outputs" / "lr_schedule").glob("*/lr_schedule.png"))
-    status = subprocess.run([bin_ / "task1-reproduce", "--experiments", "d2l_3_2_linear_scratch", "--seeds", "0",
+    status = subprocess.run([bin_ / "task1", "reproduce", "--experiments", "d2l_3_2_linear_scratch", "--seeds", "0",
                              "--out", "book", "trainer=cpu", "logger=none"], cwd=here, capture_output=True, text=True,
                             timeout=600)
     assert json.loads((here / "book" / "reproduce.json").read_text())["sweep_exit_status"] == 0, status.stderr[-3000:]
@@ -85,7 +85,7 @@ def test_the_wheel_runs_every_command_from_anywhere(installed, tmp_path, fake_ro
     # --config-dir still adds a user's own configs to the packaged ones
     (here / "mine" / "optimizer").mkdir(parents=True)
     (here / "mine" / "optimizer" / "slow.yaml").write_text("_target_: torch.optim.SGD\n_partial_: true\nlr: 0.01\n")
-    run([bin_ / "task1-train", "--config-dir", "mine", "optimizer=slow", *TINY, *data, "hydra.run.dir=slow"], here)
+    run([bin_ / "task1", "train", "--config-dir", "mine", "optimizer=slow", *TINY, *data, "hydra.run.dir=slow"], here)
     assert json.loads((here / "slow" / "metrics.json").read_text())["final"]["train/lr"] == 0.01
 
     # the Python API, and the sweeper in an app that is not task1's

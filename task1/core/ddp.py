@@ -31,7 +31,8 @@ def prepare_ddp_relaunch(output_dir: Path, resume: str | None = None) -> None:
         return
     hc = HydraConfig.get()
     entry = getattr(getattr(sys.modules["__main__"], "__spec__", None), "name", None)
-    if hc.mode == RunMode.MULTIRUN and entry not in ("task1.train", "task1.rerun") and "SLURM_JOB_ID" not in os.environ:
+    relaunchable = entry in ("task1.train", "task1.tools.rerun")  # what Lightning can start again with -m
+    if hc.mode == RunMode.MULTIRUN and not relaunchable and "SLURM_JOB_ID" not in os.environ:
         raise Task1Error("trainer=ddp in a multirun needs the default launcher (jobs one after the other): Lightning "
                          "starts the other ranks by running `python -m task1.train` again, which a joblib or "
                          "submitit_local worker is not. On SLURM, use hydra/launcher=slurm (its jobs get one task "

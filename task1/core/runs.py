@@ -111,7 +111,7 @@ def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
     shown = config_changes(cfg, saved)
     if shown:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
-                         f"{shown}. Drop those overrides, or start a new run (python -m task1.rerun "
+                         f"{shown}. Drop those overrides, or start a new run (task1 rerun "
                          f"{cfg.resume} ...).")
     changed, then = _changes(cfg, saved), dotted(saved)
     if "trainer.max_epochs" in changed:

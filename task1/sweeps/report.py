@@ -1,4 +1,4 @@
-"""Sweep report: `python -m task1.summarize <sweep folder>`, and the Hydra callback that runs it after every multirun.
+"""Sweep report: `task1 summarize <sweep folder>`, and the Hydra callback that runs it after every multirun.
 
 One row per job (its overrides, final metrics, wall time, status, and the first line of the error of a failed
 job) in `summary.csv` and `summary.md`, and `summary.png`: the chosen metric against each swept parameter. When
@@ -131,7 +131,7 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
         lines.append(f"\nBest {metric} ({word}): **{best['final'][metric]:.4f}**, job {best['job']} ({swept})")
     elif metric and mode is None:
         lines.append(f"\nNo best job: whether a higher {metric} is better is not known here; give the mode "
-                     f"(python -m task1.summarize <sweep> --mode max|min, or hydra.callbacks.sweep_report.mode).")
+                     f"(task1 summarize <sweep> --mode max|min, or hydra.callbacks.sweep_report.mode).")
     lines += ["", "| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
     if metric and params:
@@ -264,13 +264,13 @@ class SweepReport(Callback):
         metric = self.metric or config.get("optimized_metric")
         try:
             summarize(config.hydra.sweep.dir, metric, self.mode)
-        except Exception:  # the jobs' results are on disk either way: `python -m task1.summarize` can retry
+        except Exception:  # the jobs' results are on disk either way: `task1 summarize` can retry
             log.exception("could not write the sweep report for %s", config.hydra.sweep.dir)
 
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m task1.summarize", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="task1 summarize", description=__doc__.splitlines()[0])
     parser.add_argument("sweep", help="the multirun folder, e.g. outputs/multiruns/2026-01-01_12-00-00_000000")
     parser.add_argument("--metric", help="the metric to plot and rank by (default: val/acc, or val/loss)")
     parser.add_argument("--mode", choices=["max", "min"], help="higher or lower is better (default: the study's "

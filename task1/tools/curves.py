@@ -1,4 +1,4 @@
-"""Overlay the learning curves of several runs: `python -m task1.curves <folder> [<folder> ...] [--out curves.png]`.
+"""Overlay the learning curves of several runs: `task1 curves <folder> [<folder> ...] [--out curves.png]`.
 
 Every `metrics.json` under the folders counts as one run (a sweep folder holds one per job), labelled with its
 command-line overrides when Hydra saved them, else with its folder. `--group-seeds` draws runs that differ only in
@@ -93,7 +93,7 @@ def overlay(folders: list[Path], out: Path, group: bool = False) -> Path:
 
 @exit_on_error
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m task1.curves", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="task1 curves", description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders")
     parser.add_argument("--out", type=Path, help="the PNG to write (default: <first folder>/curves.png)")
     parser.add_argument("--group-seeds", action="store_true",

@@ -1,6 +1,6 @@
 """Evaluate a checkpoint on the test (or validation) split with the config of the run that made it.
 
-    python -m task1.eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]
+    task1 eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]
 
 Checkpoints carry their run's resolved config, so nothing else is needed; `key=value` overrides adjust it
 (`paths.data_dir=...` for data that moved, `trainer.accelerator=cpu` for a checkpoint made on a GPU,
@@ -44,6 +44,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
     import torch  # here, not above: --help and a mistake in the arguments answer without torch and Lightning
     from hydra.utils import instantiate
 
+    from task1 import drawer
     from task1.core.build import build_system, check_devices
     from task1.core.callbacks import PredictionFigures
     from task1.data.module import DataModule
@@ -70,6 +71,8 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
                           callbacks=[figures] if figures else [], max_epochs=1)
     score = trainer.test if split == "test" else trainer.validate
     metrics = {k: float(v) for k, v in score(system, datamodule=datamodule, verbose=False)[0].items()}
+    if figures:
+        drawer.settle()  # the figures are drawn by a process of their own: on disk before this returns
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / f"{split}.json", {"ckpt_path": str(Path(ckpt_path).resolve()), "split": split,
@@ -104,11 +107,11 @@ def default_out(ckpt_path: Path) -> Path:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("--help", "-h") for a in args):
-        cli.show(__doc__.strip())
+        cli.echo(__doc__.strip())
         return
     own = {k: [a.split("=", 1)[1] for a in args if a.startswith(f"{k}=")] for k in ("ckpt_path", "split", "out")}
     if len(own["ckpt_path"]) != 1 or len(own["split"]) > 1 or len(own["out"]) > 1:
-        print("usage: python -m task1.eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]"
+        print("usage: task1 eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]"
               "   (--help says more)", file=sys.stderr)
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

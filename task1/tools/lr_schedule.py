@@ -1,4 +1,4 @@
-"""The learning rate at every optimizer step of a configured run, before the run: `python -m task1.lr_schedule ...`.
+"""The learning rate at every optimizer step of a configured run, before the run: `task1 lr-schedule ...`.
 
 It builds the run's real scheduler on the optimizer's hyperparameters and steps it as Lightning's fit loop does
 (`task1.optim.schedule`, the same rule the training uses), without data, a Trainer or Lightning. Prints the
@@ -97,4 +97,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    cli.answer_help(lambda: cli.config_help(__doc__, "lr_schedule"))
     main()

@@ -1,9 +1,9 @@
 """Reproduce the book's reported runs over several seeds and judge each against what the book printed.
 
-    python -m task1.reproduce                                   # every conf/experiment/*.yaml, seeds 0,1,2
-    python -m task1.reproduce --experiments d2l_3_2_linear_scratch,d2l_3_9_mlp_scratch --seeds 0,1,2,3,4
-    python -m task1.reproduce trainer=gpu                       # key=value overrides go to every run
-    python -m task1.reproduce paths.data_dir=/datasets          # the data elsewhere (or TASK1_DATA_DIR=/datasets)
+    task1 reproduce                                   # every conf/experiment/*.yaml, seeds 0,1,2
+    task1 reproduce --experiments d2l_3_2_linear_scratch,d2l_3_9_mlp_scratch --seeds 0,1,2,3,4
+    task1 reproduce trainer=gpu                       # key=value overrides go to every run
+    task1 reproduce paths.data_dir=/datasets          # the data elsewhere (or TASK1_DATA_DIR=/datasets)
 
 The seeds are swept by Hydra's multirun (`python -m task1.train -m experiment=... seed=...`), one run folder per
 experiment and seed under `<out>/runs/<experiment>/seed_<seed>/` (`<out>`: `<paths.output_dir>/reproduce/<date>`).
@@ -204,7 +204,7 @@ def seed_list(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m task1.reproduce", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="task1 reproduce", description=__doc__.split("\n")[0])
     parser.add_argument("--experiments", default="all", help="comma-separated names from conf/experiment/ (all)")
     parser.add_argument("--seeds", default=[0, 1, 2], type=seed_list, help="comma-separated seeds (0,1,2)")
     parser.add_argument("--out", help="output folder (<paths.output_dir>/reproduce/<date>_<time>)")
@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     status = 0 if args.no_run else sweep(experiments, seeds, out / "runs", args.overrides)
     results = collect(experiments, seeds, out / "runs")
-    command = "python -m task1.reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "task1 reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     wall_time = round(time.perf_counter() - start, 1)
     if args.no_run and (out / "reproduce.json").is_file():  # the runs, and so the table, are still that command's
         earlier = json.loads((out / "reproduce.json").read_text())

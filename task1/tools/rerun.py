@@ -1,4 +1,4 @@
-"""Run a finished run again from its folder: `python -m task1.rerun <run folder> [overrides]`.
+"""Run a finished run again from its folder: `task1 rerun <run folder> [overrides]`.
 
 The run's `.hydra/config.yaml` (the full config, interpolations kept) becomes the primary config, so the rerun
 trains exactly what the run trained, in a new run folder; overrides such as `trainer.max_epochs=20` still apply
@@ -12,6 +12,7 @@ from task1 import cli, train
 
 @cli.exit_on_error
 def main() -> None:
+    cli.answer_help(__doc__)
     if sys.argv[1:2] != ["--config-path"]:  # (a DDP rank that Lightning started again has its arguments rewritten)
         sys.argv = cli.rerun_main_argv(sys.argv)
     train.run()

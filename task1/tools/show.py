@@ -1,4 +1,4 @@
-"""Look at the data before training on it: `python -m task1.show [data=...] [show.split=test] [show.count=30]`.
+"""Look at the data before training on it: `task1 show [data=...] [show.split=test] [show.count=30]`.
 
 Fashion-MNIST: a grid of images with their text labels (d2l's `show_fashion_mnist`); synthetic regression data:
 the label against each feature (d2l 3.2's scatter plot). Saved as `<split>.png` and logged to TensorBoard.
@@ -72,4 +72,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    cli.answer_help(lambda: cli.config_help(__doc__, "show"))
     main()
