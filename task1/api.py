@@ -36,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from task1 import Task1Error
+from task1 import Task1Error, drawer
 from task1.cli import CONF
 from task1.io import hold, write_json
 
@@ -270,6 +270,7 @@ def _train(cfg: DictConfig, out: Path) -> Result:
 
             warnings.filterwarnings("ignore", message=LIGHTNING_NOISE)  # (the filters are put back after)
             metrics, system = fit(task)
+            drawer.settle()  # the run's figures, drawn by a process of their own, on disk before it returns
     return Result(out, metrics, system)
 
 

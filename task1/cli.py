@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, error_line
+from task1.core.runs import check_writable
 from task1.io import dotted
 
 
@@ -74,6 +76,27 @@ def exit_on_error(entry):
             fail(e)
 
     return wrapper
+
+
+class WritableFolder(Callback):
+    """Hydra callback: a run (or sweep) folder that cannot be made or written ends the command in one line that
+    names it and why, instead of Hydra's traceback from making it (conf/hydra/default.yaml registers it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")  # the jobs' folders are made inside it, one by one
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        # resolving the folder here fixes ${now:} (Hydra caches it in `config`): the folder checked is the one used
+        folder = Path(str(OmegaConf.select(config, key)))
+        try:
+            check_writable(folder)
+        except OSError as e:
+            fail(Task1Error(f"{key}={folder}: this folder cannot be made or written ({error_line(e)}). Choose "
+                                f"another with {key}=<folder>, or free space / fix the permissions."))
 
 
 def saved_config_dir(run: str | Path, how: str = "") -> Path:

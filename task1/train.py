@@ -1,5 +1,9 @@
 """Train one configured model: `python -m task1.train [overrides]` (or `task1 train`), or `train(cfg)` from Python.
 
+The path of a run: `main` (a saved run's folder becomes its config) -> `run` (Hydra's task function: one run,
+or one job of a sweep) -> `job` (a sweep's job only: what its folder holds decides reuse, resume or training, and
+a failure is recorded) -> `train(cfg)` (the config checked, then task1.core.build.fit) -> metrics.json.
+
 This entry point imports neither torch nor Lightning: `--help`, `--cfg job` and a mistake in the config answer
 within a second or two; the training core is imported once the config has passed its checks.
 """
@@ -10,60 +14,72 @@ import sys
 import time
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from task1 import cli
+from task1 import cli, drawer
 from task1.core.runs import run_dir
 from task1.io import FolderInUseError, hold
-from task1.sweeps import folders  # registers the resolver that names sweep job folders (see there)
+from task1.sweeps import context, folders
 
 log = logging.getLogger("task1")
+# every process that runs a sweep's job (a joblib worker, a SLURM job) unpickles `run`, so imports this module:
+# here the folder of each job gets its resolver (hydra.sweep.subdir)
+folders.register_resolver()
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, callbacks=()) -> dict:
     """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
     from task1.core.config import validate
 
     validate(cfg)  # before Lightning is imported: a mistake costs no import
-    from task1.core import build
+    from task1.core.build import fit
 
-    return build.train(cfg)
+    return fit(cfg, tuple(callbacks))[0]
 
 
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
 @cli.exit_on_error
 def run(cfg: DictConfig) -> float | None:
-    """One job: a run, or one job of a multirun (which takes up what an earlier start of the sweep left in its
-    folder; a failure is recorded and the sweep goes on). It holds its folder while it runs: a second process
-    for the same folder (the same sweep started again while this one runs) stops at once, a sweep's job is left
-    to the process that holds it."""
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    """One run (it holds its folder: a second process for it stops at once), or one job of a sweep."""
+    if context.in_sweep():
+        return job(cfg)
+    with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
+        train(cfg)
+    drawer.settle()  # the figures on disk before the command ends
+    return None
+
+
+def job(cfg: DictConfig) -> float | None:
+    """One job of a sweep: it goes on from what an earlier start of the sweep left in its folder (reused, resumed
+    or trained: task1.sweeps.folders.continue_job), with its share of the cores and, in a search, its trial's
+    pruning; a folder that another process holds is left to it, and a failure is recorded, not raised, so
+    that the sweep goes on. Returns the `optimized_metric` the sweeper asked for."""
+    start = time.perf_counter()
+    cfg.threads = context.thread_budget(cfg.threads)
     try:
         with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
-            return job(cfg, multirun)
+            metrics = folders.continue_job(cfg) or train(cfg, search_callbacks(cfg))
     except FolderInUseError as e:
-        if not multirun:
-            raise
         log.error("%s This job is left to it; the sweep's report shows the job as it finds it.", e)
         return None
-
-
-def job(cfg: DictConfig, multirun: bool) -> float | None:
-    start = time.perf_counter()
-    try:
-        # a sweep started again: a job that ended is reused, an interrupted one resumes
-        metrics = (folders.continue_job(cfg) if multirun else None) or train(cfg)
     except Exception as e:
-        if not multirun:
-            raise
-        from task1.core.runs import record_failure  # one failed job must not end the sweep
+        from task1.core.runs import record_failure
 
         lightning_rank = getattr(sys.modules.get("lightning.pytorch.utilities"), "rank_zero_only", None)
         return record_failure(cfg, e, time.perf_counter() - start, getattr(lightning_rank, "rank", 0))
+    finally:
+        context.keep_imports_out_of_gc()  # the next job trains while this one's figures are drawn
     metric = cfg.get("optimized_metric")
     return metrics["final"].get(metric) if metric else None
+
+
+def search_callbacks(cfg: DictConfig) -> list:
+    """A job of task1's Optuna search reports to its trial and stops when pruned (only then is Optuna imported)."""
+    if context.search_trial() is None:
+        return []
+    from task1.sweeps.trial import pruning
+
+    return pruning(cfg)
 
 
 @cli.exit_on_error

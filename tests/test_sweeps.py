@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from task1.core.build import build_system
 from task1.data import TensorLoader
 from task1.data.fashion_mnist import read_split
-from task1.sweeps import jobs as sweep_module
+from task1.sweeps import context as sweep_module
 
 TINY = ["trainer=cpu", "trainer.max_epochs=1", "data.batch_size=64"]
 

@@ -4,7 +4,6 @@
 module reads the config object: the classes take plain arguments.
 """
 
-import gc
 import json
 import logging
 import time
@@ -32,7 +31,6 @@ from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
 from task1.models.system import System
-from task1.sweeps.jobs import in_sweep, search_trial, thread_budget
 
 log = logging.getLogger("task1")
 # Lightning's advertising: noise in every run's log
@@ -57,6 +55,11 @@ class Built(NamedTuple):
 def build(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     """Validate `cfg`, then build the data module, the system and the trainer (with `callbacks` added)."""
     validate(cfg)
+    return assemble(cfg, callbacks)
+
+
+def assemble(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
+    """`build` of a config already checked (task1.core.config.validate)."""
     check_devices(cfg.trainer)
     out, resume_from = run_folder(cfg)
     set_threads_and_seed(cfg)
@@ -80,9 +83,8 @@ def run_folder(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 def set_threads_and_seed(cfg: DictConfig) -> None:
-    threads = thread_budget(cfg.threads)
-    if threads is not None:
-        torch.set_num_threads(threads)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     if cfg.seed is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -135,22 +137,17 @@ def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | N
 
 def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataModule,
                    extra: tuple[Callback, ...]) -> tuple[list[Callback], PredictionFigures | None]:
-    """The NaN stop, the best and last checkpoints, `extra`, a search trial's pruning, the prediction figures."""
+    """The NaN stop, the best and last checkpoints, `extra` (a search trial's pruning: the caller's), the
+    prediction figures."""
     monitor, mode = system.monitor
     best = ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode,
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     callbacks, predictions = [FiniteLoss(), best, last, *extra], None
-    in_search = search_trial() is not None
-    if in_search or str(cfg.trainer.get("strategy", "")).startswith("ddp"):
-        # a trial of task1's Optuna search: only then is Optuna imported. Under DDP every rank takes part in the
-        # decision that rank 0 makes, also a rank that Lightning started (it has no trial), and any DDP run
-        trial = None
-        if in_search:
-            from task1.sweeps.trial import open_trial
-
-            trial = open_trial()
-        callbacks.append(Pruning(trial, cfg.get("optimized_metric") or monitor))
+    if str(cfg.trainer.get("strategy", "")).startswith("ddp") and not any(isinstance(c, Pruning) for c in extra):
+        # every rank takes part in the pruning decision of rank 0, also a rank that Lightning started (it has no
+        # trial to report to), and any DDP run
+        callbacks.append(Pruning(None, cfg.get("optimized_metric") or monitor))
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
@@ -214,30 +211,14 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-def keep_imports_out_of_gc() -> None:
-    """After a sweep's first job in a process: what it imported (torch, Lightning: a million objects that live on)
-    is moved out of the cyclic garbage collector's reach, after one full collection (gc.freeze). A full
-    collection otherwise scans all of them, 0.2-0.3 s every few jobs (about 40 ms a job, measured); garbage of
-    later jobs is collected as before. (Once, by a flag: gc.get_freeze_count() walks the frozen objects, 50 ms.)"""
-    global _frozen
-    if not _frozen:
-        gc.collect()
-        gc.freeze()
-        _frozen = True
 
 
-_frozen = False
-
-
-def train(cfg: DictConfig) -> dict:
-    """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
-    return fit(cfg)[0]
-
-
-def fit(cfg: DictConfig) -> tuple[dict, System]:
-    """`train(cfg)`, also returning the trained LightningModule."""
+def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, System]:
+    """Fit, then test, the model of `cfg` (checked: task1.core.config.validate) with `callbacks` added; write
+    `metrics.json` into the run folder; return its contents and the trained LightningModule. The figures may
+    still be drawing (task1.drawer.settle waits for them)."""
     start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
-    datamodule, system, trainer, out, resume_from, predictions = build(cfg)
+    datamodule, system, trainer, out, resume_from, predictions = assemble(cfg, callbacks)
     pruning = next((c for c in trainer.callbacks if isinstance(c, Pruning)), None)
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
@@ -283,8 +264,4 @@ def fit(cfg: DictConfig) -> tuple[dict, System]:
             drawer.settle()
         log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
         log.info("final metrics (%s)\n%s", out, summary_table(final))
-    if in_sweep():  # the next job trains while this one's figures are drawn
-        keep_imports_out_of_gc()
-    else:
-        drawer.settle()
     return metrics, system

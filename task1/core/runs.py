@@ -6,13 +6,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from task1 import Task1Error, cli, error_line
+from task1 import Task1Error
 from task1.io import dotted, write_json
 
 log = logging.getLogger("task1")
@@ -32,27 +30,6 @@ def check_writable(folder: Path) -> None:
         f.write(b"\0")
         f.flush()
         os.fsync(f.fileno())  # a full disk may accept the write into the page cache and refuse it only here
-
-
-class WritableFolder(Callback):
-    """Hydra callback: a run (or sweep) folder that cannot be made or written ends the command in one line that
-    names it and why, instead of Hydra's traceback from making it (conf/hydra/default.yaml registers it)."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.run.dir")
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config, "hydra.sweep.dir")  # the jobs' folders are made inside it, one by one
-
-    @staticmethod
-    def _check(config: DictConfig, key: str) -> None:
-        # resolving the folder here fixes ${now:} (Hydra caches it in `config`): the folder checked is the one used
-        folder = Path(str(OmegaConf.select(config, key)))
-        try:
-            check_writable(folder)
-        except OSError as e:
-            cli.fail(Task1Error(f"{key}={folder}: this folder cannot be made or written ({error_line(e)}). Choose "
-                                f"another with {key}=<folder>, or free space / fix the permissions."))
 
 
 def run_dir(cfg: DictConfig) -> Path:

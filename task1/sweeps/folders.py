@@ -11,8 +11,8 @@ checkpoint. Folders are claimed under a lock (`<sweep>/.claims.lock`), and only 
 the other ranks of a multi-task SLURM job find the folder and follow the decision rank 0 wrote into it. A trial of
 task1's Optuna search is a new job each time: trial N is job N, in folder N.
 
-The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): the task
-function refers to this module, so unpickling it there imports the module, which registers the resolver.
+The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): task1.train,
+whose task function every such process unpickles, registers it when it is imported (`register_resolver`).
 """
 
 import fcntl
@@ -31,7 +31,7 @@ from task1 import Task1Error
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
 from task1.io import locked, read_json, write_json
-from task1.sweeps.jobs import is_search
+from task1.sweeps.context import is_search
 
 log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
@@ -107,7 +107,9 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
     return job_folder(Path(str(_root_.hydra.sweep.dir)), int(num), overrides)
 
 
-OmegaConf.register_new_resolver(RESOLVER, _resolve_job_folder, replace=True)
+def register_resolver() -> None:
+    """Make `${task1.job_folder:}` (hydra.sweep.subdir in conf/hydra/default.yaml) resolve in this process."""
+    OmegaConf.register_new_resolver(RESOLVER, _resolve_job_folder, replace=True)
 
 
 def held(folder: Path) -> bool:

@@ -39,7 +39,7 @@ class StudyTrial:
 
 
 def open_trial() -> StudyTrial | None:
-    """The running trial of this job (task1.sweeps.jobs.search_trial says whether it is one), with the pruner
+    """The running trial of this job (task1.sweeps.context.search_trial says whether it is one), with the pruner
     of the sweeper that launched it; None when the trial has already finished or its study has several
     objectives (Optuna prunes single-objective studies only)."""
     hc = HydraConfig.get()
@@ -61,3 +61,10 @@ def open_trial() -> StudyTrial | None:
         log.info("study %r has %d objectives: its trials are not pruned", study.study_name, len(study.directions))
         return None
     return StudyTrial(optuna.Trial(study, trial_id))
+
+
+def pruning(cfg) -> list:
+    """The callbacks a job of task1's Optuna search trains with: its trial's reports and pruning."""
+    from task1.core.callbacks import Pruning
+
+    return [Pruning(open_trial(), cfg.get("optimized_metric"))]

@@ -1,6 +1,8 @@
 """What a sweep job needs to know about the sweep it runs in: its share of the machine's cores, and whether it
-is a trial of task1's Optuna search (without importing Optuna)."""
+is a trial of task1's Optuna search (without importing Optuna); and what a process that runs job after job does
+for the next one."""
 
+import gc
 import os
 
 from hydra.core.hydra_config import HydraConfig
@@ -45,3 +47,18 @@ def search_trial() -> int | None:
     if not HydraConfig.initialized() or not is_search(HydraConfig.get()):
         return None
     return int(HydraConfig.get().job.num)
+
+
+def keep_imports_out_of_gc() -> None:
+    """After a sweep's first job in a process: what it imported (torch, Lightning: a million objects that live on)
+    is moved out of the cyclic garbage collector's reach, after one full collection (gc.freeze). A full
+    collection otherwise scans all of them, 0.2-0.3 s every few jobs (about 40 ms a job, measured); garbage of
+    later jobs is collected as before. (Once, by a flag: gc.get_freeze_count() walks the frozen objects, 50 ms.)"""
+    global _frozen
+    if not _frozen:
+        gc.collect()
+        gc.freeze()
+        _frozen = True
+
+
+_frozen = False
