@@ -141,3 +141,19 @@ def test_help_read_only_in_part_ends_quietly():
     finally:
         os.close(write)
     assert result.returncode == 0 and result.stderr == "", result.stderr[-3000:]
+
+
+def test_the_core_imports_none_of_its_callers():
+    # the layers run one way: the command line, the sweeps, the tools and the API use the core, never the reverse
+    import ast
+
+    callers = ("task1.sweeps", "task1.tools", "task1.cli", "task1.train", "task1.api", "task1.__main__")
+    for part in ("core", "data", "models", "optim"):
+        for path in (ROOT / "task1" / part).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                if isinstance(node, ast.ImportFrom) and node.module == "task1":
+                    names = [f"task1.{a.name}" for a in node.names]
+                bad = [n for n in names if n.startswith(callers)]
+                assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad}"

@@ -119,7 +119,8 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     the table over seeds when several were swept."""
     header, rows = _rows(jobs, params, metric_names(jobs))
     keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
-    counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "pruned", "failed", "incomplete")}
+    counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "pruned", "failed", "interrupted",
+                                                                       "incomplete")}
     lines = [f"# Sweep {sweep}", "", f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
     if shared:

@@ -1,2 +1,2 @@
-"""The commands built on the core: show, curves, lr_schedule, reproduce, rerun, eval. `python -m task1.<tool>`
-runs each (through the two-line module of that name in task1/), as does the console script `task1-<tool>`."""
+"""The commands built on the core: show, curves, lr_schedule, reproduce, rerun, eval; `task1 <command>`
+(task1/__main__.py) runs each as `python -m task1.tools.<module>`."""
