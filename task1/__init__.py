@@ -12,6 +12,11 @@ class Task1Error(Exception):
     """An error the user can fix (bad config, missing data, diverged run): printed as one short message."""
 
 
+def first_line(text: object) -> str:
+    """The first line of a message (an error that metrics.json recorded, say), stripped; "" for none."""
+    return str(text or "").strip().partition("\n")[0]
+
+
 def error_line(error: BaseException) -> str:
     """An exception as one line: its type and its whole message (a traceback's last line, without the newlines)."""
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())

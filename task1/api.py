@@ -17,7 +17,6 @@ signal handlers, logging handlers and levels, warning filters, and Hydra's own s
 import contextlib
 import copy
 import itertools
-import json
 import logging
 import os
 import random
@@ -39,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from task1 import Task1Error, drawer
 from task1.cli import CONF
 from task1.io import hold, write_json
+from task1.results import read_run
 
 log = logging.getLogger("task1")
 
@@ -87,10 +87,10 @@ class Result:
 
 def load(folder: str | os.PathLike) -> Result:
     """A finished run (of the command line or of `train`) read back from its folder."""
-    path = Path(folder) / "metrics.json"
-    if not path.is_file():
+    run = read_run(folder)
+    if not run.data:
         raise Task1Error(f"{folder} holds no metrics.json: pass the folder of a run that has ended.")
-    return Result(Path(folder), json.loads(path.read_text()))
+    return Result(run.folder, run.data)
 
 
 def train(*cfg_or_overrides: DictConfig | str) -> Result:

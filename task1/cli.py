@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, error_line
 from task1.core.runs import check_writable
-from task1.io import dotted
+from task1.io import dotted, override_key
 
 
 def _conf() -> Path:
@@ -112,7 +112,7 @@ def saved_config_dir(run: str | Path, how: str = "") -> Path:
 def paths(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """conf/paths/default.yaml resolved (the environment read), with the `paths.*` among `overrides` applied: for
     the tools that compose no config."""
-    given = [o.lstrip("+") for o in overrides if _key(o).startswith("paths.")]
+    given = [o.lstrip("+") for o in overrides if override_key(o).startswith("paths.")]
     node = OmegaConf.merge({"paths": OmegaConf.load(CONF / "paths" / "default.yaml")}, OmegaConf.from_dotlist(given))
     return OmegaConf.to_container(node, resolve=True)["paths"]
 
@@ -122,14 +122,10 @@ def _saved_run(hydra_dir: Path, rest: list[str]) -> list[str]:
     return ["--config-path", str(hydra_dir), "--config-name", "config", *rest]
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def group_overrides(args: list[str]) -> list[str]:
     """The arguments that choose an option of a config group of conf/ (`model=mlp`, `logger=[csv,mlflow]`)."""
-    return [a for a in args if "=" in a and not a.startswith("-") and "/" not in _key(a) and _key(a)
-            and (CONF / _key(a)).is_dir()]
+    return [a for a in args if "=" in a and not a.startswith("-") and "/" not in override_key(a) and override_key(a)
+            and (CONF / override_key(a)).is_dir()]
 
 
 def _conf_overrides(name: str, prefix: str, given: set[str]) -> list[str]:
@@ -147,12 +143,13 @@ def _with_saved_defaults(hydra_dir: Path, args: list[str]) -> list[str]:
     An older run's `paths.*` overrides become additions (`++`), and its `paths.data_dir=` points its data there
     too (it recorded `data.root` alone). No key is given twice, so the overrides keep their place among `args`.
     """
-    given = {_key(a) for a in args if "=" in a and not a.startswith("-")}
+    given = {override_key(a) for a in args if "=" in a and not a.startswith("-")}
     extra = _conf_overrides("hydra/default.yaml", "hydra", given)
     saved = OmegaConf.load(hydra_dir / "config.yaml")
     if "paths" in saved:
         return [*args, *extra]
-    args = ["++" + a.lstrip("+") if _key(a).startswith("paths.") and not a.startswith(("-", "~")) else a for a in args]
+    args = ["++" + a.lstrip("+") if override_key(a).startswith("paths.") and not a.startswith(("-", "~")) else a
+            for a in args]
     extra += _conf_overrides("paths/default.yaml", "paths", given)
     if "paths.data_dir" in given and "data.root" not in given and "root" in saved.get("data", {}):
         extra.append("data.root=${paths.data_dir}")
@@ -212,12 +209,12 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
     """
     saved = OmegaConf.load(sweep / "multirun.yaml").hydra
     rest = [a for a in rest if a not in ("-m", "--multirun")]
-    given = {_key(a) for a in rest if "=" in a} | {"hydra.mode", "hydra.sweep.dir"}
+    given = {override_key(a) for a in rest if "=" in a} | {"hydra.mode", "hydra.sweep.dir"}
     main = [s.path for s in saved.runtime.config_sources if s.provider == "main" and s.schema == "file"]
     config = []
     if main and (Path(main[0]) != CONF or saved.job.config_name != "config"):  # e.g. a rerun's saved config
         config = ["--config-path", main[0], "--config-name", saved.job.config_name]
-    kept = [o for o in [*saved.overrides.hydra, *saved.overrides.task] if _key(o) not in given]
+    kept = [o for o in [*saved.overrides.hydra, *saved.overrides.task] if override_key(o) not in given]
     return [argv0, "--multirun", *config, *kept, *rest, f"hydra.sweep.dir={sweep}"]
 
 
@@ -250,9 +247,10 @@ def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
                          f"from {main[0] if main else 'elsewhere'}), so it has no config options to change: "
                          f"rerun it without {' '.join(group_overrides(args))}, or start a new run with "
                          f"python -m task1.train {' '.join(args)}")
-    given = {_key(a) for a in args}
-    chosen = tuple(f"{_key(a)}." for a in group_overrides(args))  # an option chosen anew comes with its own fields
-    return [*(o for o in saved.overrides.task if _key(o) not in given and not _key(o).startswith(chosen)), *args]
+    given = {override_key(a) for a in args}
+    chosen = tuple(f"{override_key(a)}." for a in group_overrides(args))  # an option chosen anew brings its fields
+    kept = (o for o in saved.overrides.task if override_key(o) not in given and not override_key(o).startswith(chosen))
+    return [*kept, *args]
 
 
 def train_help() -> str:

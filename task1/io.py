@@ -125,6 +125,11 @@ def holder(folder: str | os.PathLike) -> str:
         return ""
 
 
+def override_key(override: str) -> str:
+    """The key an override sets: `+model.num_hiddens=8`, `~logger`, `model=mlp` -> model.num_hiddens, logger, model."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
 def natural_key(name: str) -> list:
     """A sort key where numbers compare as numbers: d2l_3_2 < d2l_3_10, job 2 < job 10."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

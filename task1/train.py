@@ -27,14 +27,18 @@ log = logging.getLogger("task1")
 folders.register_resolver()
 
 
-def train(cfg: DictConfig, callbacks=()) -> dict:
-    """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents."""
+def train(cfg: DictConfig, callbacks=(), figures_drawn: bool = True) -> dict:
+    """Fit, then test, the configured model; write `metrics.json` into the run folder; return its contents, with
+    the run's figures on disk (`figures_drawn`; a sweep's job goes on while they are drawn)."""
     from task1.core.config import validate
 
     validate(cfg)  # before Lightning is imported: a mistake costs no import
     from task1.core.build import fit
 
-    return fit(cfg, tuple(callbacks))[0]
+    metrics = fit(cfg, tuple(callbacks))[0]
+    if figures_drawn:
+        drawer.settle()
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(cli.CONF), config_name="config")
@@ -45,7 +49,6 @@ def run(cfg: DictConfig) -> float | None:
         return job(cfg)
     with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
         train(cfg)
-    drawer.settle()  # the figures on disk before the command ends
     return None
 
 
@@ -58,7 +61,7 @@ def job(cfg: DictConfig) -> float | None:
     cfg.threads = context.thread_budget(cfg.threads)
     try:
         with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
-            metrics = folders.continue_job(cfg) or train(cfg, search_callbacks(cfg))
+            metrics = folders.continue_job(cfg) or train(cfg, search_callbacks(cfg), figures_drawn=False)
     except FolderInUseError as e:
         log.error("%s This job is left to it; the sweep's report shows the job as it finds it.", e)
         return None

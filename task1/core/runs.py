@@ -10,8 +10,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from task1 import Task1Error
+from task1 import Task1Error, first_line
 from task1.io import dotted, write_json
+from task1.results import METRICS, read_run
 
 log = logging.getLogger("task1")
 
@@ -46,8 +47,8 @@ def run_dir(cfg: DictConfig) -> Path:
 
 def check_run_folder(out: Path, resuming: bool) -> Path | None:
     """Refuse to train over an earlier run; when resuming, return the checkpoint to go on from."""
-    metrics, last = out / "metrics.json", out / "checkpoints" / "last.ckpt"
-    status = json.loads(metrics.read_text()).get("status") if metrics.is_file() else None
+    metrics, last = out / METRICS, out / "checkpoints" / "last.ckpt"
+    status = read_run(out).data.get("status")
     if not resuming:
         if status or last.exists():
             raise Task1Error(f"{out} already holds a run: choose another folder, or continue that one with "
@@ -140,7 +141,7 @@ def record_failure(cfg: DictConfig, error: Exception, seconds: float, rank: int 
     if isinstance(error, InterruptedRunError):
         log.warning("job stopped: %s", error)
     else:
-        log.error("job failed: %s", str(error).strip().split("\n")[0], exc_info=not isinstance(error, Task1Error))
+        log.error("job failed: %s", first_line(error), exc_info=not isinstance(error, Task1Error))
     out = Path(cfg.output_dir)
     if rank == 0 and not (out / "metrics.json").exists():  # train() records failures in fit itself
         out.mkdir(parents=True, exist_ok=True)

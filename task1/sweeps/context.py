@@ -9,6 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from task1.io import override_key
+
 SEARCH = "hydra_plugins.task1_optuna.sweeper.OptunaSweeper"  # the sweeper's _target_
 
 
@@ -22,7 +24,7 @@ def thread_budget(threads: int | None) -> int | None:
     if not HydraConfig.initialized():
         return threads
     hc = HydraConfig.get()
-    if any(o.split("=", 1)[0].lstrip("+~") == "threads" for o in hc.overrides.task):
+    if any(override_key(o) == "threads" for o in hc.overrides.task):
         return threads
     n_jobs = OmegaConf.select(hc, "launcher.n_jobs")
     if n_jobs is None or "joblib" not in str(OmegaConf.select(hc, "launcher._target_")):

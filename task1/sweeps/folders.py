@@ -27,10 +27,11 @@ import yaml
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, first_line
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
 from task1.io import locked, read_json, write_json
+from task1.results import read_run
 from task1.sweeps.context import is_search
 
 log = logging.getLogger("task1")
@@ -130,7 +131,7 @@ def held(folder: Path) -> bool:
 
 
 def read_metrics(folder: Path) -> dict:
-    return read_json(folder / "metrics.json")
+    return read_run(folder).data
 
 
 def ended(metrics: dict) -> bool:
@@ -165,7 +166,7 @@ def _decide(cfg: DictConfig, out: Path) -> dict | None:
     last = out / "checkpoints" / "last.ckpt"
     metrics = read_metrics(out)
     status = metrics.get("status")
-    first = (metrics.get("error") or "").partition("\n")[0].partition(" (")[0].partition(". ")[0]
+    first = first_line(metrics.get("error")).partition(" (")[0].partition(". ")[0]
     before = f"{status}: {first}" if status else "no record of its end"
     if ended(metrics):
         saved = out / "config_resolved.yaml"

@@ -9,7 +9,6 @@ table in `summary.md`, and the plot shows their means with standard-deviation er
 import argparse
 import csv
 import io
-import json
 import logging
 import os
 from pathlib import Path
@@ -22,6 +21,7 @@ from omegaconf import DictConfig
 from task1 import Task1Error
 from task1.cli import exit_on_error
 from task1.io import natural_key, write_atomic
+from task1.results import read_run
 from task1.sweeps import seeds
 
 log = logging.getLogger("task1")
@@ -40,14 +40,11 @@ def read_jobs(sweep: Path) -> list[dict]:
     for folder in folders:
         name = folder.relative_to(sweep).as_posix()
         overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-        path = folder / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.is_file() else {}
-        # no metrics.json: the job was killed (or is still running) before it could write one
+        run = read_run(folder)  # no metrics.json: killed (or still running) before it could write one: incomplete
         # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
-        jobs.append({"job": name, "overrides": dict(pairs),
-                     "status": metrics.get("status", "incomplete"), "final": metrics.get("final", {}),
-                     "wall_time_s": metrics.get("wall_time_s"), "error": metrics.get("error", "").split("\n")[0]})
+        jobs.append({"job": name, "overrides": dict(pairs), "status": run.status, "final": run.final,
+                     "wall_time_s": run.data.get("wall_time_s"), "error": run.error})
     return jobs
 
 

@@ -14,7 +14,6 @@ all. One sweeper runs a study at a time. How trials are launched (in flight toge
 task1.sweeps.launching.
 """
 
-import json
 import logging
 import math
 import time
@@ -37,7 +36,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import Trial, TrialState
 
 from task1 import Task1Error, cli, error_line
-from task1.io import holder, read_json, write_atomic
+from task1.io import holder, write_atomic
+from task1.results import read_run
 from task1.sweeps import launching
 from task1.sweeps.folders import held
 from task1.sweeps.space import grid, override_value, search_space
@@ -90,12 +90,7 @@ def failure_reason(ret: JobReturn) -> str | None:
     if ret.status == JobStatus.FAILED:
         return error_line(ret._return_value)
     folder = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
-    path = Path(folder or ret.working_dir or ".") / "metrics.json"
-    try:
-        error = json.loads(path.read_text()).get("error")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return error.strip().splitlines()[0] if isinstance(error, str) and error.strip() else None
+    return read_run(folder or ret.working_dir or ".").error or None
 
 
 def frozen(study: optuna.Study, trial: Trial) -> optuna.trial.FrozenTrial:
@@ -242,13 +237,12 @@ class Search(Sweeper):
                 time.sleep(2)
             if study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
                 continue
-            metrics = read_json(folder / "metrics.json")
+            run = read_run(folder)
             try:
-                values = objective_values(metrics.get("final", {}).get(self.config.get("optimized_metric")),
-                                          len(study.directions))
+                values = objective_values(run.final.get(self.config.get("optimized_metric")), len(study.directions))
             except ValueError:
                 study.tell(number, state=TrialState.FAIL)
-                log.info("trial %d: fail (%s)", number, metrics.get("error") or "its job recorded no value")
+                log.info("trial %d: fail (%s)", number, run.error or "its job recorded no value")
             else:
                 study.tell(number, values[0] if len(values) == 1 else values)
                 log.info("trial %d: complete (%s)", number, ", ".join(f"{v:.4g}" for v in values))

@@ -6,6 +6,11 @@ from typing import Any
 SEED = "seed"
 
 
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """The mean and the sample standard deviation (n - 1) of `values`; None for what too few values leave open."""
+    return (statistics.fmean(values) if values else None, statistics.stdev(values) if len(values) > 1 else None)
+
+
 def seeds_swept(jobs: list[dict]) -> bool:
     """Whether the jobs ran more than one seed (then the report also summarises over seeds)."""
     return len({j["overrides"].get(SEED) for j in jobs}) > 1
@@ -27,8 +32,8 @@ def seed_groups(jobs: list[dict], metrics: list[str]) -> list[dict]:
         stats = {}
         for m in metrics:
             values = [j["final"][m] for j in done if isinstance(j["final"].get(m), int | float)]
-            stats[m] = {"mean": statistics.fmean(values) if values else None,
-                        "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+            mean, std = mean_std(values)
+            stats[m] = {"mean": mean, "std": std, "n": len(values)}
         out.append({"overrides": {k: v for k, v in members[0]["overrides"].items() if k != SEED},
                     "jobs": [j["job"] for j in members],
                     "seeds": [j["overrides"].get(SEED, "") for j in members], "stats": stats})

@@ -6,8 +6,6 @@ command-line overrides when Hydra saved them, else with its folder. `--group-see
 """
 
 import argparse
-import json
-import statistics
 from pathlib import Path
 
 import yaml
@@ -15,6 +13,8 @@ import yaml
 from task1 import Task1Error, plots
 from task1.cli import exit_on_error
 from task1.io import natural_key
+from task1.results import METRICS, read_run
+from task1.sweeps.seeds import mean_std
 
 
 def run_label(run: Path, root: Path) -> str:
@@ -34,8 +34,8 @@ def find_runs(folders: list[Path]) -> dict[str, list[dict]]:
     for folder in folders:
         if not folder.is_dir():
             raise Task1Error(f"{folder} is not a folder: pass run or sweep folders (outputs/multiruns/<date>_<time>).")
-        for path in sorted(folder.rglob("metrics.json"), key=lambda p: [natural_key(s) for s in p.parent.parts]):
-            history = json.loads(path.read_text()).get("history") or []
+        for path in sorted(folder.rglob(METRICS), key=lambda p: [natural_key(s) for s in p.parent.parts]):
+            history = read_run(path.parent).history
             if history:
                 label = run_label(path.parent, folder)
                 runs[label if label not in runs else str(path.parent)] = history
@@ -70,8 +70,9 @@ def mean_history(histories: list[list[dict]]) -> tuple[list[dict], list[dict]]:
         rows = [h[i] for h in histories if i < len(h)]
         keys = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, int | float) and k != "epoch")
         values = {k: [r[k] for r in rows if k in r] for k in keys}
-        mean.append({"epoch": rows[0].get("epoch", i), **{k: statistics.fmean(v) for k, v in values.items()}})
-        std.append({k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in values.items()})
+        stats = {k: mean_std(v) for k, v in values.items()}
+        mean.append({"epoch": rows[0].get("epoch", i), **{k: m for k, (m, _) in stats.items()}})
+        std.append({k: s or 0.0 for k, (_, s) in stats.items()})
     return mean, std
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, cli
 from task1.core.config import check_values
-from task1.io import dotted, write_json
+from task1.io import dotted, override_key, write_json
 
 log = logging.getLogger("task1")
 SPLITS = ("test", "val")
@@ -54,7 +54,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
     cfg, state_dict = run_checkpoint(ckpt_path)
     check_keys(cfg, overrides)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.removeprefix("+") for o in overrides]))
-    keys = {o.split("=", 1)[0].lstrip("+") for o in overrides}
+    keys = {override_key(o) for o in overrides}
     moved = "paths.data_dir" in keys or os.environ.get("TASK1_DATA_DIR")
     if moved and "data.root" not in keys and "root" in cfg.data:  # the run's data.root holds the path it resolved
         cfg.data.root = cli.paths(list(overrides))["data_dir"]

@@ -34,9 +34,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from task1 import Task1Error
+from task1 import Task1Error, first_line
 from task1.cli import CONF, exit_on_error, paths
 from task1.io import natural_key, write_atomic, write_json
+from task1.results import read_run
+from task1.sweeps.seeds import mean_std
 
 EXPERIMENTS = CONF / "experiment"
 ACC_TOL, PARAM_TOL, LOSS_P = 0.02, 0.01, 0.99
@@ -63,8 +65,8 @@ def sweep(experiments: list[str], seeds: list[int], runs: Path, overrides: list[
 
 
 def _stats(values: list[float]) -> dict:
-    return {"values": values, "mean": statistics.fmean(values), "min": min(values), "max": max(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    mean, std = mean_std(values)
+    return {"values": values, "mean": mean, "min": min(values), "max": max(values), "std": std or 0.0}
 
 
 def _row(metric: str, reported, per_epoch: list[list[float]], final: list[float], band, passed: bool | None,
@@ -129,7 +131,7 @@ def why_not_completed(metrics: dict | None) -> str | None:
         return f"diverged at epoch {epoch.group(1)}" if epoch else "diverged"
     if status == "interrupted":
         return f"interrupted in epoch {metrics.get('epochs', 0) + 1}"
-    return f"{status or 'unfinished'}: {error.splitlines()[0][:80]}" if error else (status or "unfinished")
+    return f"{status or 'unfinished'}: {first_line(error)[:80]}" if error else (status or "unfinished")
 
 
 def collect(experiments: list[str], seeds: list[int], runs: Path) -> list[dict]:
@@ -138,8 +140,7 @@ def collect(experiments: list[str], seeds: list[int], runs: Path) -> list[dict]:
     for name in experiments:
         reported = OmegaConf.to_container(OmegaConf.load(EXPERIMENTS / f"{name}.yaml").reported)
         folders = {s: runs / name / f"seed_{s}" for s in seeds}
-        found = {s: json.loads((f / "metrics.json").read_text()) if (f / "metrics.json").is_file() else None
-                 for s, f in folders.items()}
+        found = {s: read_run(f).data or None for s, f in folders.items()}
         why = {s: why_not_completed(m) for s, m in found.items()}
         metrics = [m for s, m in found.items() if why[s] is None]
         not_completed = [{"seed": s, "run": str(folders[s]), "why": w} for s, w in why.items() if w is not None]
