@@ -8,6 +8,18 @@ and `optim/` are what it trains, `sweeps/` serves multiruns, `tools/` holds the 
 __version__ = "0.1.0"
 
 
+COMMAND = "TASK1_COMMAND"  # the environment variable that carries the command as typed to every process it starts
+
+
+def typed(argv: list[str]) -> None:
+    """Remember `argv` as the command the user typed (for the runs' provenance), unless a command that started
+    this process already did: the variable passes to the jobs it starts (joblib, SLURM), which record it too."""
+    import os
+    import shlex
+
+    os.environ.setdefault(COMMAND, shlex.join(argv))
+
+
 class Task1Error(Exception):
     """An error the user can fix (bad config, missing data, diverged run): printed as one short message."""
 

@@ -6,7 +6,7 @@ import difflib
 import runpy
 import sys
 
-from task1 import cli
+from task1 import cli, typed
 
 COMMANDS = {  # name: (module, what it does)
     "train": ("task1.train", "train one model, or a sweep or a search with -m"),
@@ -37,6 +37,7 @@ def main() -> None:
         print(f"task1: there is no command {name!r}{f'; did you mean {near[0]}?' if near else '.'} The commands: "
               f"{', '.join(COMMANDS)} (task1 --help).", file=sys.stderr)
         sys.exit(2)
+    typed(["task1", *args])
     sys.argv = [f"task1 {name}", *args[1:]]
     runpy.run_module(COMMANDS[name][0], run_name="__main__", alter_sys=True)
 

@@ -214,7 +214,7 @@ def learning_curves(runs: dict[str, Sequence[dict]], bands: dict[str, Sequence[d
     axes = dict(zip(panels, fig.subplots(1, len(panels), squeeze=False).ravel(), strict=True))
     colors = [f"C{i % 10}" for i in range(len(runs))]
     for (name, history), color in zip(runs.items(), colors, strict=True):
-        epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+        epochs = list(range(1, len(history) + 1))  # one entry an epoch, from the first
         for panel, ax in axes.items():
             keys = ["train/lr"] if panel == "lr" else [f"train/{panel}", f"val/{panel}"]
             for key in keys:
@@ -242,7 +242,7 @@ def learning_curves(runs: dict[str, Sequence[dict]], bands: dict[str, Sequence[d
 
 def regression_figure(history: Sequence[dict], true_w: Sequence[float], true_b: float) -> Figure:
     """Linear regression: w and b per epoch against the true values, and the fitted plane's parameter error."""
-    epochs = [r.get("epoch", i) + 1 for i, r in enumerate(history)]
+    epochs = list(range(1, len(history) + 1))
     w = np.array([r["w"] for r in history])  # (epochs, num_inputs)
     b = np.array([r["b"][0] if isinstance(r["b"], list) else r["b"] for r in history])  # (epochs,)
     fig = Figure(figsize=(9, 3.4), dpi=DPI)

@@ -10,13 +10,15 @@ within a second or two; the training core is imported once the config has passed
 
 import contextlib
 import logging
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from task1 import cli, drawer
+from task1 import Task1Error, cli, drawer, typed
 from task1.core.runs import run_dir
 from task1.io import FolderInUseError, hold
 from task1.sweeps import context, folders
@@ -47,9 +49,21 @@ def run(cfg: DictConfig) -> float | None:
     """One run (it holds its folder: a second process for it stops at once), or one job of a sweep."""
     if context.in_sweep():
         return job(cfg)
-    with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
-        train(cfg)
+    try:
+        with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
+            train(cfg)
+    except Task1Error:
+        if not cfg.get("resume") and not folders.other_rank():
+            forget_if_never_started(run_dir(cfg))
+        raise
     return None
+
+
+def forget_if_never_started(out: Path) -> None:
+    """A run refused before it began (a mistake in its config) leaves no folder: Hydra made it for the run, with
+    .hydra/ and train.log, and the lock; anything more (a config_resolved.yaml, a metrics.json) is kept."""
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {".hydra", ".lock", "train.log"}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def job(cfg: DictConfig) -> float | None:
@@ -88,6 +102,7 @@ def search_callbacks(cfg: DictConfig) -> list:
 @cli.exit_on_error
 def main() -> None:
     cli.answer_help(cli.train_help)
+    typed(["python", "-m", "task1.train", *sys.argv[1:]])
     sys.argv = cli.train_argv(sys.argv)  # a saved run's folder (rerun, resume=) -> its own config
     run()
 

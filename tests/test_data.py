@@ -273,3 +273,18 @@ def test_a_split_read_again_in_this_process_is_not_read_again_unless_its_files_c
     write_idx(labels, np.full(N_TEST, 11, dtype=np.uint8))  # a damaged file is checked again, not served
     with pytest.raises(Task1Error, match="labels outside 0-9"):
         read_split(root, train=False)
+
+
+def test_a_loader_resumed_mid_epoch_goes_on_in_its_own_order_also_unseeded():
+    # an unseeded run draws its own shuffle seed: the checkpoint carries it, or a resumed run would skip the
+    # first batches of another order
+    X, y = torch.arange(40.0).reshape(20, 2), torch.arange(20)
+    first = TensorLoader(X, y, batch_size=4, shuffle=True, seed=1234)
+    batches = iter(first)
+    seen = [next(batches)[1].tolist() for _ in range(2)]
+    state = first.state_dict()
+    again = TensorLoader(X, y, batch_size=4, shuffle=True, seed=98765)  # the new process draws another seed
+    again.load_state_dict(state)
+    rest = [b[1].tolist() for b in again]
+    whole = [b[1].tolist() for b in TensorLoader(X, y, batch_size=4, shuffle=True, seed=1234)]
+    assert seen + rest == whole

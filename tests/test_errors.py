@@ -38,10 +38,12 @@ from task1.train import train
     # keys of nodes that name no class: what task1 reads, or another value interpolates
     (["model=mlp", "+model.num_hidden=512"], r"model.num_hidden is not a field of model: did you mean "
                                              r"model.num_hiddens\?"),
-    (["model=softmax", "+model.num_hiddens=512"], "model.num_hiddens is not a field of model: "),  # mlp's only
+    (["model=softmax", "+model.num_hiddens=512"], "model.num_hiddens is a field of model=mlp, not of the model chosen "
+                                                  "here: choose model=mlp, or drop the key."),  # mlp's only
     (["+figures.enable=false"], r"figures.enable is not a field of figures: did you mean figures.enabled\?"),
     (["+seeed=1"], r"seeed is not a field of the config: did you mean seed\?"),
-    (["scheduler=none", "+scheduler.step_size=2"], "scheduler.step_size is not a field of scheduler, which has none"),
+    (["scheduler=none", "+scheduler.step_size=2"], "scheduler.step_size is a field of scheduler=step, not of the "
+                                                   "scheduler chosen here: choose scheduler=step"),
     # numbers that are no setting
     (["optimizer.lr=inf"], "optimizer.lr=inf is not allowed: expected a number > 0"),
     (["optimizer.lr=nan"], "optimizer.lr=nan is not allowed: expected a number > 0"),

@@ -59,8 +59,18 @@ def test_a_full_disk_ends_in_one_line(tmp_path):
 @pytest.mark.parametrize("mode", ["run", "sweep"])
 def test_the_folder_checked_is_the_folder_used(tmp_path, mode):
     # the default folders are named by ${now:...}: checked and used, it is resolved once, so there is one folder
-    multirun = ["--multirun", "data.batch_size=0,-1"] if mode == "sweep" else ["data.batch_size=0"]
+    # (a run with a mistake in its config leaves no folder: this one fails later, on data that is not there)
+    multirun = ["--multirun", "data.batch_size=0,-1"] if mode == "sweep" else [f"paths.data_dir={tmp_path / 'none'}"]
     run_cli(*multirun, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     made = list((tmp_path / "outputs" / ("multiruns" if mode == "sweep" else "runs")).iterdir())
     assert len(made) == 1, made
     assert (made[0] / ("0/.hydra" if mode == "sweep" else ".hydra") / "config.yaml").is_file()
+
+
+def test_a_run_refused_for_its_config_leaves_no_folder_and_one_that_started_keeps_its(tmp_path):
+    refused = run_cli("data.batch_size=0", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode == 1 and "data.batch_size=0 is not allowed" in refused.stdout
+    assert not (tmp_path / "refused").exists()  # Hydra made it, with .hydra/, train.log and the lock: gone
+    started = run_cli(f"paths.data_dir={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'started'}")
+    assert started.returncode == 1 and "Fashion-MNIST is not in" in started.stdout
+    assert (tmp_path / "started" / "metrics.json").is_file()  # it began: its record of why it stopped stays

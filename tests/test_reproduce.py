@@ -138,6 +138,17 @@ def test_reproduce_judges_the_completed_seeds_and_names_the_others(tmp_path):
     assert [r["metric"] for r in failed["rows"]] == ["loss", "w[0]", "w[1]", "b"]  # judged on seed 0 alone
     assert failed["rows"][0]["ours_final"]["values"] == [kept["final"]["val/loss"]]
     assert other["completed"] == 2 and not other["not_completed"] and len(other["rows"]) == 4
+
+    # rebuilt without naming them, the table is of what the folder holds, not of today's ten defaults
+    before = json.loads((tmp_path / "reproduce.json").read_text())
+    assert reproduce(["--out", str(tmp_path), "--no-run"]) == 1
+    after = json.loads((tmp_path / "reproduce.json").read_text())
+    assert [e["experiment"] for e in after["experiments"]] == ["d2l_3_2_linear_scratch", "d2l_3_3_linear_concise"]
+    assert after["seeds"] == [0, 1] and after["experiments"] == before["experiments"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Task1Error, match=r"--out .*empty holds no runs of a reproduction"):
+        reproduce(["--out", str(tmp_path / "empty"), "--no-run"])
+    assert not list((tmp_path / "empty").iterdir())  # nothing written there
     table = (tmp_path / "reproduce.md").read_text()
     row = next(line for line in table.splitlines() if line.startswith("| d2l_3_2_linear_scratch |"))
     assert re.search(r"\*\*FAIL\*\* \(1 of 2 completed; seed 1: diverged at epoch \d+\) \|$", row), row

@@ -67,7 +67,7 @@ def check_trials(sweep, study: optuna.Study, lrs: set[str]) -> None:
         elif expected == "complete":
             assert metrics["epochs"] == 3 and sorted(t.intermediate_values) == [0, 1, 2]
             assert t.value == metrics["final"]["val/acc"] and "test/acc" in metrics["final"]
-            assert [t.intermediate_values[e["epoch"]] for e in metrics["history"]] == [
+            assert [t.intermediate_values[e["epoch"] - 1] for e in metrics["history"]] == [  # steps from 0
                 e["val/acc"] for e in metrics["history"]]  # each epoch's report is the history's value
         else:  # the study says why, as the job's metrics.json does
             assert metrics["error"].startswith("optimizer.lr=-1 is not allowed") and not t.intermediate_values

@@ -263,3 +263,6 @@ def test_a_ddp_sweep_of_a_saved_config_trains_that_config_on_every_rank_and_leav
     # the second job's record names the command that was typed, not the first job's rank command
     assert jobs["1"]["provenance"]["argv"] == jobs["0"]["provenance"]["argv"]
     assert "optimizer.lr=0.1,0.5" in jobs["1"]["provenance"]["argv"]
+    typed = ["task1", "rerun", str(run), "--multirun", "+trainer.strategy=ddp", "trainer.accelerator=cpu",
+             "trainer.devices=2", "optimizer.lr=0.1,0.5", f"hydra.sweep.dir={sweep}"]
+    assert jobs["1"]["provenance"]["command"] == typed

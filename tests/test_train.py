@@ -156,3 +156,18 @@ def test_profiler_is_quiet_by_default_and_any_lightning_profiler_when_asked(make
     trainer.fit(system, datamodule=datamodule)
     if profiler:  # Lightning's own report names the hooks it timed
         assert "run_training_batch" in trainer.profiler.summary()
+
+
+def test_per_step_logging_logs_optimizer_steps_not_micro_batches(make_cfg, tmp_path):
+    # 600 examples in batches of 64: 10 batches an epoch, 5 optimizer steps when two batches make a step
+    metrics = train(make_cfg("logger=csv", "trainer.log_every_n_steps=1", "+trainer.accumulate_grad_batches=2",
+                             "trainer.max_epochs=2", "figures.enabled=false"))
+    import csv
+
+    with open(tmp_path / "csv" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss_step")]
+    assert [int(r["step"]) for r in rows] == list(range(10))  # each optimizer step once
+    assert [e["epoch"] for e in metrics["history"]] == [1, 2]  # epochs count from 1, as the log and plots do
+    # the test split is the validation split here (val_size=0): the same figures, not a float32 copy of them
+    assert metrics["final"]["test/acc"] == metrics["final"]["val/acc"]
+    assert metrics["final"]["test/loss"] == metrics["final"]["val/loss"]

@@ -57,6 +57,7 @@ def test_the_wheel_runs_every_command_from_anywhere(installed, tmp_path, fake_ro
     metrics = json.loads((here / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["provenance"]["task1"] == "0.1.0"
     assert metrics["provenance"]["git_commit"] is None  # an installed wheel is no checkout
+    assert metrics["provenance"]["command"] == ["task1", "train", *TINY, *data, "hydra.run.dir=run"]  # as typed
 
     search = here / "search"
     run([bin_ / "task1", "train", "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "data.val_size=100",

@@ -35,9 +35,16 @@ from task1.models.system import System
 log = logging.getLogger("task1")
 # Lightning's advertising: noise in every run's log
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in r.getMessage())
+# `import lightning` gives its logger a console handler of its own, beside the root logger's that Hydra (or the
+# user) set up: every line of Lightning's twice. Where the root logger has handlers, they alone print.
+if logging.getLogger().handlers:
+    for _handler in [h for h in logging.getLogger("lightning").handlers if type(h) is logging.StreamHandler]:
+        logging.getLogger("lightning").removeHandler(_handler)
 # a deprecation inside Lightning itself, and the advice to use srun that Lightning gives every local run on a
 # cluster's login node (task1's SLURM launcher runs its jobs under srun)
-LIGHTNING_NOISE = r"(.*LeafSpec|The `srun` command is available on your system but is not used)"
+# and its advice to sync epoch metrics under DDP, which System has summed over the ranks itself
+LIGHTNING_NOISE = (r"(.*LeafSpec|The `srun` command is available on your system but is not used|It is recommended to "
+                   r"use `self.log\(.*sync_dist=True)")
 warnings.filterwarnings("ignore", message=LIGHTNING_NOISE)
 
 
@@ -207,7 +214,7 @@ def summary_table(final: dict) -> str:
     for split in ("train", "val", "test"):
         if f"{split}/loss" in final:
             row = (final.get(f"{split}/{c}", float("nan")) for c in columns)
-            lines.append(f"{split:<7}" + "".join(f"{v:>10.4f}" for v in row))
+            lines.append(f"{split:<7}" + "".join(f"{v:>10.4g}" for v in row))
     return "\n".join(lines)
 
 
@@ -236,7 +243,7 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
         ddp.restore()  # the next job in this process starts without this one's process group and environment
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
-    final.update({k: float(v) for k, v in test.items()})
+    final.update(system.last_metrics("test") if test else {})  # exact, not Lightning's float32 copies
     # a callback stopped the run (EarlyStopping), or a limit on steps or time: fewer epochs than max_epochs
     stopped_early = not pruned and len(system.history) < trainer.max_epochs
     metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
@@ -264,4 +271,9 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
             drawer.settle()
         log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
         log.info("final metrics (%s)\n%s", out, summary_table(final))
+        if "w" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error
+            shown = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"  # noqa: E731
+            log.info("w %s (true %s, error %s); b %.6g (true %.6g, error %.3g)", shown(metrics["w"]),
+                     shown(metrics["true_w"]), shown(metrics["w_error"]), metrics["b"], metrics["true_b"],
+                     metrics["b_error"])
     return metrics, system

@@ -95,7 +95,7 @@ class Pruning(L.Callback):
         prune = False
         if trainer.is_global_zero and self.trial is not None:
             self.metric = self.metric or pl_module.monitor[0]  # (None: the metric the best checkpoint follows)
-            value = pl_module.validated(self.metric)  # the value metrics.json keeps, so that the study's agrees
+            value = pl_module.last_metrics("val").get(self.metric)  # as metrics.json keeps it: the study agrees
             if value is None:  # e.g. test/acc: the trial gets its final value, it just cannot be pruned
                 log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
                             "(after each epoch: %s)", self.metric, ", ".join(sorted(trainer.callback_metrics)))

@@ -201,13 +201,42 @@ def _params(target: str) -> set[str] | None:
 
 
 def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
-    """The mistake of a key nothing reads, with the closest of the keys something does read."""
+    """The mistake of a key nothing reads: the options of its group that have it (model.num_hiddens with
+    model=softmax: model=mlp has it), else the closest of the keys something does read."""
+    group, _, field = key.partition(".")
+    others = _options_with(group, field)
+    if others:
+        return Task1Error(f"{key} is a field of {' and '.join(f'{group}={o}' for o in others)}, not of the {group} "
+                          f"chosen here: choose {group}={others[0]}, or drop the key.")
     if not names:
         return Task1Error(f"{key} is not a field of {where}, which has none here: nothing would read it.")
     parent, _, name = key.rpartition(".")
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     return Task1Error(f"{key} is not a field of {where}: {hint}Its fields are {', '.join(sorted(names))}.")
+
+
+def _options_with(group: str, field: str) -> list[str]:
+    """The options of a config group (conf/<group>/<option>.yaml) that set `field` (a dotted key in the group)."""
+    import importlib.resources
+
+    import yaml
+
+    try:
+        folder = importlib.resources.files("task1.conf") / group
+    except ModuleNotFoundError:
+        return []
+    if not field or not folder.is_dir():
+        return []
+    found = []
+    for option in sorted(folder.iterdir(), key=lambda f: f.name):
+        if option.name.endswith(".yaml"):
+            node = yaml.safe_load(option.read_text()) or {}
+            for part in field.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                found.append(option.name.removesuffix(".yaml"))
+    return found
 
 
 def _check_keys(path: str, node: DictConfig) -> None:

@@ -2,13 +2,17 @@
 and, when task1 runs from a git checkout, its commit."""
 
 import functools
+import os
 import platform
+import shlex
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
+
+from task1 import COMMAND
 
 PACKAGES = ("task1", "torch", "torchvision", "lightning", "hydra-core", "omegaconf", "numpy")
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, when task1 runs from one (editable install, or sys.path)
@@ -50,7 +54,8 @@ def provenance() -> dict:
         "platform": platform.platform(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "argv": sys.argv,
+        "command": shlex.split(os.environ[COMMAND]) if COMMAND in os.environ else None,  # as the user typed it
+        "argv": sys.argv,  # this process's own
         "git_commit": commit,
         "git_dirty": dirty,
     }

@@ -27,10 +27,12 @@ class TensorLoader:
     # Lightning saves the state of a loader that has these two methods in its checkpoints, and restores it
     # before iterating: a run resumed mid-epoch goes on with the batches it had not trained yet.
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches_done": self.batches_done}
+        # the seed too: an unseeded run drew its own, and a resumed one must skip batches of the same order
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
         epoch, done = state["epoch"], state["batches_done"]
+        self.seed = state.get("seed", self.seed)  # (checkpoints before 2026-12 hold none)
         if done >= len(self):  # that epoch was finished: the next one starts at its first batch
             epoch, done = epoch + 1, 0
         self.epoch, self._skip = epoch, done

@@ -94,10 +94,10 @@ class System(QuietHooks, L.LightningModule):
         """The metric that picks the best checkpoint, and whether higher is better."""
         return ("val/acc", "max") if self.classify else ("val/loss", "min")
 
-    def validated(self, key: str) -> float | None:
-        """`key` (e.g. `val/acc`) from the validation that has just ended, as exact as the history keeps it (the
-        logged value Lightning holds is float32); None when validation does not measure it."""
-        return self._last.get("val", {}).get(key)
+    def last_metrics(self, stage: str) -> dict[str, float]:
+        """The metrics of the last `stage` epoch (val, test), as exact as the history keeps them (the values
+        Lightning holds are float32 copies: 0.8300999999046326 for 0.8301)."""
+        return dict(self._last.get(stage, {}))
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.net(X)
@@ -124,8 +124,10 @@ class System(QuietHooks, L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        every = self.trainer.log_every_n_steps
-        if self.loggers and every and self.global_step % every == 0:
+        every, accumulate = self.trainer.log_every_n_steps, self.trainer.accumulate_grad_batches
+        # once an optimizer step: under gradient accumulation its last micro-batch (global_step counts steps)
+        stepping = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches
+        if self.loggers and every and stepping and self.global_step % every == 0:
             # straight to the loggers: Lightning's self.log costs more than a softmax step
             # the per-example mean, as train/loss is, also when the summed loss drives the update
             per_example = loss.item() / (len(batch[1]) if self.loss_reduction == "sum" else 1)
@@ -162,13 +164,14 @@ class System(QuietHooks, L.LightningModule):
     def on_train_epoch_end(self) -> None:
         metrics = {**self._epoch_metrics("train"), "train/lr": self._epoch_lr}
         self.log_dict(metrics)
-        record = {"epoch": self.current_epoch, **metrics, **self._last.pop("val", {})}
+        record = {"epoch": self.current_epoch + 1, **metrics, **self._last.pop("val", {})}  # epochs count from 1
         if hasattr(self.net, "get_w_b"):
             w, b = self.net.get_w_b()
             record.update(w=w.tolist(), b=b.reshape(-1).tolist())
         self.history.append(record)
         if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+            # significant digits: a linear regression's loss of 9.5e-05 is not 0.0001
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             seconds = time.perf_counter() - self._epoch_start
             log.info(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}  {shown}  ({seconds:.1f} s)")
 

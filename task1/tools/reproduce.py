@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from task1 import Task1Error, first_line
 from task1.cli import CONF, exit_on_error, paths
-from task1.io import natural_key, write_atomic, write_json
+from task1.io import natural_key, read_json, write_atomic, write_json
 from task1.results import read_run
 from task1.sweeps.seeds import mean_std
 
@@ -199,6 +199,20 @@ def markdown(results: list[dict], seeds: list[int], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recorded(out: Path, experiments: list[str] | None, seeds: list[int] | None) -> tuple[list[str], list[int]]:
+    """The experiments and seeds of the reproduction in `out` (its reproduce.json, else its run folders), less
+    what the command line chose; a folder with no runs is refused."""
+    runs = sorted((out / "runs").glob("*/seed_*/"))
+    record = read_json(out / "reproduce.json")
+    if not runs and not record:
+        raise Task1Error(f"--out {out} holds no runs of a reproduction (runs/<experiment>/seed_<n>/): there is "
+                         f"no table to rebuild. Give the folder of an earlier `task1 reproduce`, or run one.")
+    experiments = experiments or [e["experiment"] for e in record.get("experiments", [])] or \
+        sorted({p.parent.name for p in runs}, key=natural_key)
+    seeds = seeds or record.get("seeds") or sorted({int(p.name.removeprefix("seed_")) for p in runs})
+    return experiments, seeds
+
+
 def seed_list(text: str) -> list[int]:
     """"0,1,2" -> [0, 1, 2]."""
     return [int(s) for s in text.split(",")]
@@ -206,20 +220,24 @@ def seed_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="task1 reproduce", description=__doc__.split("\n")[0])
-    parser.add_argument("--experiments", default="all", help="comma-separated names from conf/experiment/ (all)")
-    parser.add_argument("--seeds", default=[0, 1, 2], type=seed_list, help="comma-separated seeds (0,1,2)")
+    parser.add_argument("--experiments", help="comma-separated names from conf/experiment/ (all; with --no-run: "
+                                               "those of the runs in --out)")
+    parser.add_argument("--seeds", type=seed_list, help="comma-separated seeds (0,1,2; with --no-run: those of "
+                                                        "the runs in --out)")
     parser.add_argument("--out", help="output folder (<paths.output_dir>/reproduce/<date>_<time>)")
     parser.add_argument("--no-run", action="store_true", help="only rebuild the table from the runs in --out")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run, e.g. trainer=gpu")
     args = parser.parse_args(argv)
 
-    experiments = available() if args.experiments == "all" else args.experiments.split(",")
+    if args.no_run and not args.out:
+        parser.error("--no-run needs --out, the folder of an earlier reproduction")
+    experiments, seeds = args.experiments.split(",") if args.experiments else None, args.seeds
+    if args.no_run:  # the table of what the folder holds: its experiments and seeds, not today's defaults
+        experiments, seeds = recorded(Path(args.out).resolve(), experiments, seeds)
+    experiments, seeds = experiments or available(), seeds or [0, 1, 2]
     unknown = sorted(set(experiments) - set(available()))
     if unknown:
         raise Task1Error(f"no experiment {', '.join(unknown)} in {EXPERIMENTS}: choose from {', '.join(available())}.")
-    seeds = args.seeds
-    if args.no_run and not args.out:
-        parser.error("--no-run needs --out, the folder of an earlier reproduction")
     # relative paths are relative to the folder the command runs in, as the runs' are
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(args.out or Path(paths(args.overrides)["output_dir"]) / "reproduce" / stamp).resolve()
