@@ -52,6 +52,8 @@ def run(cfg: DictConfig) -> float | None:
     try:
         with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
             train(cfg)
+    except FolderInUseError:  # the folder is another process's: left as it is
+        raise
     except Task1Error:
         if not cfg.get("resume") and not folders.other_rank():
             forget_if_never_started(run_dir(cfg))

@@ -214,7 +214,9 @@ def summary_table(final: dict) -> str:
     for split in ("train", "val", "test"):
         if f"{split}/loss" in final:
             row = (final.get(f"{split}/{c}", float("nan")) for c in columns)
-            lines.append(f"{split:<7}" + "".join(f"{v:>10.4g}" for v in row))
+            # accuracies as fractions, losses in significant digits (a regression's 9.5e-05 is no 0.0001)
+            lines.append(f"{split:<7}" + "".join(f"{v:>10.4f}" if c == "acc" else f"{v:>10.4g}"
+                                                 for c, v in zip(columns, row, strict=True)))
     return "\n".join(lines)
 
 

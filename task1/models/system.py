@@ -170,8 +170,9 @@ class System(QuietHooks, L.LightningModule):
             record.update(w=w.tolist(), b=b.reshape(-1).tolist())
         self.history.append(record)
         if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
-            # significant digits: a linear regression's loss of 9.5e-05 is not 0.0001
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            # accuracies as fractions, the rest in significant digits: a regression's loss of 9.5e-05 is no 0.0001
+            shown = "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
+                              if isinstance(v, float))
             seconds = time.perf_counter() - self._epoch_start
             log.info(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}  {shown}  ({seconds:.1f} s)")
 

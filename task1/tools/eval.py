@@ -70,7 +70,8 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, enable_model_summary=False,
                           callbacks=[figures] if figures else [], max_epochs=1)
     score = trainer.test if split == "test" else trainer.validate
-    metrics = {k: float(v) for k, v in score(system, datamodule=datamodule, verbose=False)[0].items()}
+    score(system, datamodule=datamodule, verbose=False)
+    metrics = system.last_metrics(split)  # exact, as a run's metrics.json keeps them (not float32 copies)
     if figures:
         drawer.settle()  # the figures are drawn by a process of their own: on disk before this returns
     if out is not None:
