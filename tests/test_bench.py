@@ -13,6 +13,7 @@ from task1.core.build import build
 from task1.models.system import EpochSums
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_runs_all_pipelines_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"  # <paths.output_dir>/bench.json
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--tiny",

@@ -95,8 +95,9 @@ class LrRecorder(L.Callback):
 GRID = [(f, acc, steps, limit) for f in (1, 2) for acc in (1, 3) for steps in (-1, 13) for limit in (1.0, 7, 0.55)]
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])
-@pytest.mark.parametrize("interval", ["epoch", "step"])
+@pytest.mark.parametrize("scheduler, interval", [("onecycle", "step"),  # the quick tier's; the others are slow
+                                                 *(pytest.param(s, i, marks=pytest.mark.slow) for s, i in
+                                                   (("cosine", "epoch"), ("cosine", "step"), ("onecycle", "epoch")))])
 def test_schedule_equals_the_rates_of_a_real_fit(make_cfg, tmp_path, scheduler, interval):
     """The run's length (T_max / total_steps left null) and every lr, predicted by task1.lr_schedule, against
     what a real Trainer.fit applies: a wrong length shows as cosine climbing back up, or OneCycleLR raising."""

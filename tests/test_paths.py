@@ -61,6 +61,7 @@ def test_eval_finds_data_that_moved_where_paths_data_dir_says(make_cfg, fake_roo
     assert evaluate(last) == test
 
 
+@pytest.mark.slow
 def test_a_run_saved_before_paths_existed_reruns_and_resumes(fake_root, tmp_path):
     data = shutil.copytree(fake_root, tmp_path / "data")
     old = tmp_path / "old"

@@ -179,6 +179,7 @@ def test_reproduce_exits_1_when_a_run_misses_its_band(tmp_path):
     assert "**FAIL**" in (tmp_path / "reproduce.md").read_text()
 
 
+@pytest.mark.slow
 def test_rerun_from_the_run_folder_gives_bit_identical_metrics(fake_root, tmp_path):
     run = tmp_path / "run"
     first = run_cli(f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=2", "model=mlp", "logger=none",

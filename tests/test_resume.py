@@ -57,6 +57,7 @@ def kill_mid_epoch(args: list[str], run, module: str = "task1.train") -> None:
     assert 0 < step < 2 * STEPS_PER_EPOCH and step % STEPS_PER_EPOCH, f"not killed mid-epoch (step {step})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_path, sig):
     run = tmp_path / "run"
@@ -85,6 +86,7 @@ def test_killed_mid_epoch_resumes_to_the_same_metrics(args, uninterrupted, tmp_p
     assert (run / ".hydra" / "overrides.yaml").read_text().count("resume=") == 0  # the first start's record kept
 
 
+@pytest.mark.slow
 def test_a_rerun_killed_mid_epoch_resumes_as_the_rerun(finished, uninterrupted, tmp_path):
     # the rerun's own overrides.yaml is empty: composing conf/ with it would resume the default model
     run = tmp_path / "rerun"
@@ -97,6 +99,7 @@ def test_a_rerun_killed_mid_epoch_resumes_as_the_rerun(finished, uninterrupted, 
     assert log.index("GPU available") < log.index("resuming from") < log.index("final metrics")
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_its_own_config_after_its_config_tree_changed(args, finished, uninterrupted, tmp_path):
     tree = tmp_path / "conf"
     shutil.copytree(CONF, tree)

@@ -66,6 +66,7 @@ def test_trials_start_as_soon_as_one_ends(tmp_path, launcher):
     assert complete[1] < times["ends"][0]["time"] and complete[2] < times["ends"][0]["time"]
 
 
+@pytest.mark.slow
 def test_batches_wait_for_their_slowest_trial(tmp_path):
     start = time.time()
     times, _ = run_waiting(tmp_path, "joblib", asynchronous=False, patience=5)
