@@ -99,7 +99,7 @@ def test_curves_draw_each_learning_rate_as_the_mean_of_its_seeds(seed_sweep, tmp
     for epoch in range(2):
         losses = [jobs["0.5", s]["history"][epoch]["train/loss"] for s in SEEDS]
         assert mean[epoch]["train/loss"] == statistics.fmean(losses)
-        assert std[epoch]["train/loss"] == statistics.stdev(losses) and mean[epoch]["epoch"] == epoch
+        assert std[epoch]["train/loss"] == statistics.stdev(losses) and mean[epoch]["epoch"] == epoch + 1
     result = run_cli("-m", "task1", "curves", str(seed_sweep), "--group-seeds", "--out", str(tmp_path / "c.png"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
