@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from task1.models import scratch
-from task1.models import torch as nets
+from task1.models import nets, scratch
 from task1.models.init import init_linear_
 
 
