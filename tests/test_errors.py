@@ -50,6 +50,19 @@ from task1.train import train
     (["optimizer.weight_decay=nan"], "optimizer.weight_decay=nan is not allowed: expected a number >= 0"),
     (["model=linear", "data.noise=inf"], "data.noise=inf is not allowed: expected a number >= 0"),
     (["optimizer=adam", "optimizer.eps=-inf"], "optimizer.eps=-inf is not allowed: expected a number > 0"),
+    # types and ranges: of what task1 reads, from its schema; of a class's arguments, from the class's signature
+    (["figures.every_n_epochs=-1"], "figures.every_n_epochs=-1 is not allowed: expected an integer >= 0"),
+    (["seed=1.5"], r"seed=1.5 is not allowed: expected an integer, or null"),
+    (["model=mlp", "model.num_hiddens=0"], "model.num_hiddens=0 is not allowed: expected an integer >= 1"),
+    (["model.bias_init=ones"], r"model.bias_init='ones' is not allowed: expected zeros \| normal \| default"),
+    (["scheduler=onecycle", "scheduler.anneal_strategy=sin"],
+     r"scheduler.anneal_strategy='sin' is not allowed: expected cos \| linear"),
+    (["callbacks=early_stopping", "callbacks.early_stopping.patience=soon"],
+     "callbacks.early_stopping.patience='soon' is not allowed: expected an integer"),
+    (["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar='maybe' is not allowed: expected true or "
+                                            "false"),
+    (["logger=mlflow", "logger.mlflow.log_model=sometimes"],
+     r"logger.mlflow.log_model='sometimes' is not allowed: expected true \| false \| all"),
     # a target that cannot be imported says why
     (["optimizer._target_=missing_extra_xyz.Adam"], r"optimizer._target_='missing_extra_xyz.Adam' cannot be "
                                                     r"imported \(ModuleNotFoundError: No module named "

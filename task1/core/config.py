@@ -1,127 +1,126 @@
-"""The composed config checked against typed specs before anything is built: one clear message per mistake.
+"""The composed config checked before anything is built: one clear message per mistake.
 
 Hydra already refuses a key that is not in the config (`optimizer.lrr=0.1`) and an unknown group option
 (`model=foo`). What it lets through, `validate` catches: wrong types, values out of range, combinations that
-cannot work, and keys added with `+` that nothing reads: not an argument of the class a node names, nor a key
-task1 reads or another value interpolates (`+model.num_hidden=512` would otherwise train the default width).
+cannot work, and keys added with `+` that nothing reads (`+model.num_hidden=512` would otherwise train the
+default width). Where the keys, types and ranges come from: the dataclasses of `task1.core.schema` for the nodes
+task1 reads, the signature of the class a `_target_` names for the others (read from its source, so that a
+check imports neither torch nor Lightning), and `LIMITS` for the arguments of torch's and Lightning's classes.
 """
 
 import ast
+import dataclasses
 import difflib
 import importlib.util
 import inspect
 import logging
 import math
 import re
-import sys
+import types
+import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from task1 import Task1Error, error_line
+from task1 import Task1Error, checks, error_line
+from task1.checks import Check, Fraction, NonNegative, OpenFraction, Positive, PositiveInt
+from task1.core.schema import Config
+
+# Ranges of arguments that torch's and Lightning's classes take as plain numbers and check only once training has
+# started, or never; they apply to an argument of that name whose own annotation says no range.
+LIMITS: dict[str, Any] = {
+    "lr": Positive, "momentum": OpenFraction, "dampening": Fraction, "weight_decay": NonNegative, "eps": Positive,
+    "gamma": Positive, "step_size": PositiveInt, "T_max": PositiveInt | None, "total_steps": PositiveInt | None,
+    "max_epochs": PositiveInt, "log_every_n_steps": PositiveInt,
+}
+# nodes whose entries, of any name, each name a class: several loggers (logger=[tensorboard,mlflow]), callbacks
+COLLECTIONS = ("logger", "callbacks")
+_KIND_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
 
 @dataclass(frozen=True)
 class Spec:
-    """A field's type (int, float, bool or str; float accepts an int), its allowed values, and null or not."""
+    """What a type annotation allows: kinds (float takes an int too), or Literal values, ranges, and null or not."""
 
-    kind: type
-    ok: Any = None  # a predicate on the value, or a tuple of allowed values
-    allowed: str = ""
+    kinds: tuple[type, ...] = ()
+    values: tuple = ()
+    checks: tuple[Check, ...] = ()
     nullable: bool = False
+
+    @classmethod
+    def of(cls, annotation: Any) -> "Spec | None":
+        """The Spec of an annotation; None when it allows what a config value is not checked against (a class,
+        a list, Any)."""
+        kinds, values, found, nullable = [], [], [], False
+
+        def add(a: Any) -> bool:
+            nonlocal nullable
+            origin = typing.get_origin(a)
+            if a is None or a is type(None):
+                nullable = True
+            elif origin is Annotated:
+                found.extend(m for m in a.__metadata__ if isinstance(m, Check))
+                return add(typing.get_args(a)[0])
+            elif origin in (Union, types.UnionType):
+                return all(add(x) for x in typing.get_args(a))
+            elif origin is Literal:
+                values.extend(typing.get_args(a))
+            elif a in _KIND_WORDS:
+                kinds.append(a)
+            else:
+                return False
+            return True
+
+        if annotation is None or not add(annotation):
+            return None
+        kinds = sorted(set(kinds), key=list(_KIND_WORDS).index)  # Union[int, float] is Union[float, int]
+        return cls(tuple(kinds), tuple(dict.fromkeys(values)), tuple(found), nullable)
+
+    @property
+    def ranged(self) -> bool:
+        return bool(self.values or self.checks)
 
     def check(self, value: Any) -> bool:
         if value is None:
             return self.nullable
-        kinds = (int, float) if self.kind is float else (self.kind,)
-        if isinstance(value, bool) != (self.kind is bool) or not isinstance(value, kinds):
+        if any(v == value and type(v) is type(value) for v in self.values):  # Literal[True, 'all']: True, not 1
+            return True
+        kinds = (*self.kinds, int) if float in self.kinds else self.kinds
+        plain = tuple(k for k in kinds if k is not bool)
+        ok = (bool in kinds) if isinstance(value, bool) else isinstance(value, plain)  # True is no integer here
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):  # inf, nan: never a setting
             return False
-        if isinstance(value, float) and not math.isfinite(value):
-            return False  # inf and nan pass every comparison test or none: never a setting
-        if isinstance(self.ok, tuple):
-            return value in self.ok
-        return self.ok is None or bool(self.ok(value))
+        return all(c.ok is None or c.ok(value) for c in self.checks)
 
     def describe(self) -> str:
-        if isinstance(self.ok, tuple):
-            text = " | ".join(map(str, self.ok))
+        if self.values:
+            text = " | ".join(v if isinstance(v, str) else _show(v) for v in self.values)
+        elif self.checks:
+            text = self.checks[0].allowed
         else:
-            text = self.allowed or {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[
-                self.kind]
+            text = " or ".join(_KIND_WORDS[k] for k in self.kinds)
         return text + (", or null" if self.nullable else "")
 
 
-def _positive_int(nullable: bool = False) -> Spec:
-    return Spec(int, lambda v: v >= 1, "an integer >= 1", nullable)
+@cache
+def _fields(schema: type | None) -> dict[str, Any]:
+    """A schema dataclass's fields and their annotations ({} for no schema)."""
+    if schema is None:
+        return {}
+    hints = typing.get_type_hints(schema, include_extras=True)
+    return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
 
 
-def _fraction(top: str) -> Spec:
-    return Spec(float, (lambda v: 0 <= v < 1) if top == ")" else (lambda v: 0 <= v <= 1), f"a number in [0, 1{top}")
-
-
-# Fields are checked where they exist: groups differ (adam has no momentum, synthetic no root).
-FIELDS: dict[str, Spec] = {
-    "seed": Spec(int, nullable=True),
-    "threads": _positive_int(nullable=True),
-    "checkpoint_every_n_steps": _positive_int(nullable=True),
-    "resume": Spec(str, nullable=True, allowed="a run folder"),
-    "ckpt_path": Spec(str, nullable=True, allowed="the path of a .ckpt file"),
-    "paths.data_dir": Spec(str, allowed="a folder"),
-    "paths.output_dir": Spec(str, allowed="a folder"),
-    "data.batch_size": _positive_int(),
-    "data.eval_batch_size": _positive_int(),
-    "data.val_size": Spec(int, lambda v: v >= 0, "an integer >= 0"),
-    "data.num_examples": _positive_int(),
-    "data.num_test": _positive_int(),
-    "data.noise": Spec(float, lambda v: v >= 0, "a number >= 0"),
-    "data.root": Spec(str, allowed="a folder"),
-    "data.download": Spec(bool),
-    "data.on_device": Spec(bool),
-    "model.impl": Spec(str, ("torch", "scratch")),
-    "model.task": Spec(str, ("classification", "regression")),
-    "model.num_inputs": _positive_int(),
-    "model.num_hiddens": _positive_int(),
-    "model.num_outputs": _positive_int(),
-    "model.init_std": Spec(float, lambda v: v > 0, "a number > 0", nullable=True),
-    "model.bias_init": Spec(str, ("zeros", "normal", "default")),
-    "model.loss_reduction": Spec(str, ("mean", "sum")),
-    "optimizer.lr": Spec(float, lambda v: v > 0, "a number > 0"),
-    "optimizer.momentum": _fraction(")"),
-    "optimizer.dampening": _fraction("]"),
-    "optimizer.weight_decay": Spec(float, lambda v: v >= 0, "a number >= 0"),
-    "optimizer.nesterov": Spec(bool),
-    "optimizer.eps": Spec(float, lambda v: v > 0, "a number > 0"),
-    "scheduler.interval": Spec(str, ("epoch", "step")),
-    "scheduler.frequency": _positive_int(),
-    "scheduler.gamma": Spec(float, lambda v: v > 0, "a number > 0"),
-    "scheduler.step_size": _positive_int(),
-    "scheduler.T_max": _positive_int(nullable=True),
-    "scheduler.total_steps": _positive_int(nullable=True),
-    "trainer.max_epochs": _positive_int(),
-    "trainer.log_every_n_steps": _positive_int(),
-}
-# nodes whose entries, of any name, each name a class: several loggers (logger=[tensorboard,mlflow]), callbacks
-COLLECTIONS = ("logger", "callbacks")
-# keys a node holds for task1 itself, beside the arguments of the class it names
-OWN_KEYS = {"scheduler": {"interval", "frequency"}}
-# what task1 reads from the nodes that name no class ("": the top level); a node missing here (scheduler=none)
-# has nothing read. Keys another value interpolates (`${model.num_hiddens}` in model.net) count as read too.
-READS: dict[str, set[str]] = {
-    "": {"data", "model", "optimizer", "scheduler", "trainer", "logger", "callbacks", "seed", "threads", "output_dir",
-         "figures", "ckpt_path", "resume", "checkpoint_every_n_steps", "optimized_metric", "paths",
-         "optuna", "show", "lr_schedule", "reported"},  # optuna: an older search's trial; then the tools' own
-    "model": {"net", "loss", "task", "loss_reduction"},
-    "figures": {"enabled", "every_n_epochs"},
-    "paths": {"data_dir", "output_dir"},
-    "optuna": {"storage", "study_name", "trial"},  # where trials of searches before 2026-12 found their trial
-    "show": {"split", "count", "ncols", "classes"},
-    "lr_schedule": {"train_examples"},
-    "reported": {"source", "kind", "train_acc", "test_acc", "loss", "loss_examples", "w", "b",
-                 "train_loss_below", "train_acc_above", "test_acc_above"},
-}
+def _schema_in(annotation: Any) -> type | None:
+    """The dataclass an annotation names, alone or with None (`Scheduler | None`)."""
+    for a in (annotation, *typing.get_args(annotation)):
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
 
 
 def _show(value: Any) -> str:
@@ -146,11 +145,37 @@ def _module_file(module: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def static_params(target: str) -> set[str] | None:
-    """The parameter names of class `target`'s `__init__` (None: it takes any keyword), read from its source
-    without importing it; LookupError when the source does not say (no file, no `__init__` of its own).
+# what an annotation read from source may name; anything else is left unchecked
+_NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": None, "Optional": Optional,
+          "Union": Union, "Literal": Literal, "Annotated": Annotated,
+          **{k: v for k, v in vars(checks).items() if not k.startswith("_")}}
 
-    Follows `from x import Name` re-exports. This keeps `import lightning` (seconds) out of a config check.
+
+def _annotation(node: ast.expr | None) -> Any:
+    """The annotation an expression of source writes, for the names of _NAMES; None for any other."""
+    if node is None:
+        return None
+    if isinstance(node, ast.Constant):  # None, a Literal's value; a forward reference ("Tensor") is left unchecked
+        return node.value
+    if isinstance(node, ast.Name | ast.Attribute):  # int, Optional, typing.Optional, PositiveInt
+        return _NAMES.get(node.id if isinstance(node, ast.Name) else node.attr, TypeError)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return Union[_annotation(node.left), _annotation(node.right)]  # noqa: UP007 (built from parts)
+    if isinstance(node, ast.Subscript):
+        outer = _annotation(node.value)
+        inner = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if outer is Literal:
+            return Literal[tuple(_annotation(e) for e in inner)]
+        if outer in (Optional, Union):
+            args = tuple(_annotation(e) for e in inner)
+            return Union[(*args, None) if outer is Optional else args]  # noqa: UP007 (built from parts)
+    return TypeError  # a class, a container: a type no config value is checked against
+
+
+def static_signature(target: str) -> tuple[dict[str, Any], bool]:
+    """The parameters of `target`'s `__init__` (a class) or of `target` (a function) with their annotations, and
+    whether it also takes any keyword, read from its source without importing it; LookupError when the source
+    does not say (no file, no `__init__` of its own). Follows `from x import Name` re-exports.
     """
     module, _, name = target.rpartition(".")
     for _ in range(8):  # re-exports are a few levels deep at most
@@ -158,12 +183,14 @@ def static_params(target: str) -> set[str] | None:
         if path is None:
             break
         for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.ClassDef) and node.name == name:
-                init = next((f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
-                if init is None:
+            if isinstance(node, ast.ClassDef | ast.FunctionDef) and node.name == name:
+                function = node if isinstance(node, ast.FunctionDef) else next(
+                    (f for f in node.body if isinstance(f, ast.FunctionDef) and f.name == "__init__"), None)
+                if function is None:
                     raise LookupError(target)
-                a = init.args
-                return None if a.kwarg is not None else {x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)[1:]}
+                a = function.args
+                args = [*a.posonlyargs, *a.args, *a.kwonlyargs][isinstance(node, ast.ClassDef):]  # less self
+                return {x.arg: _annotation(x.annotation) for x in args}, a.kwarg is not None
             if isinstance(node, ast.ImportFrom) and node.module:
                 alias = next((x for x in node.names if (x.asname or x.name) == name), None)
                 if alias is not None:
@@ -187,17 +214,24 @@ def _lookup(target: str) -> Any:
         hydra_log.disabled = disabled
 
 
-def _params(target: str) -> set[str] | None:
-    """Parameter names of what `target` names; None when it takes any keyword (**kwargs)."""
-    if target.split(".")[0] == "lightning" and "lightning" not in sys.modules:
-        try:
-            return static_params(target)
-        except LookupError:
-            pass
+def signature(target: str) -> tuple[dict[str, Any], bool]:
+    """The parameters of what `target` names, with their annotations, and whether it takes any keyword: from its
+    source where that says (a check imports neither torch nor Lightning), else from the imported object."""
+    try:
+        return static_signature(target)
+    except (LookupError, SyntaxError, UnicodeDecodeError):
+        return imported_signature(target)
+
+
+def imported_signature(target: str) -> tuple[dict[str, Any], bool]:
+    """`signature`, from the imported object."""
     params = inspect.signature(_lookup(target)).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params}
+    named = {p.name: None if p.annotation is p.empty else p.annotation
+             for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    for key, value in named.items():
+        if isinstance(value, str):  # a postponed annotation
+            named[key] = _annotation(ast.parse(value, mode="eval").body)
+    return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
@@ -239,25 +273,6 @@ def _options_with(group: str, field: str) -> list[str]:
     return found
 
 
-def _check_keys(path: str, node: DictConfig) -> None:
-    """Keys of a `_target_` node must be arguments of what it names (unless that takes **kwargs)."""
-    try:
-        params = _params(node._target_)
-    except Exception as e:
-        cause = e
-        while cause.__cause__ is not None:  # Hydra wraps what went wrong (a missing extra, a bug in the module)
-            cause = cause.__cause__
-        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({error_line(cause)}): name a "
-                         f"class or function of task1, torch or lightning, and check that what it needs is "
-                         f"installed.") from e
-    if params is None:
-        return
-    names = params | OWN_KEYS.get(path, set())
-    for key in node:
-        if not str(key).startswith("_") and key not in names:
-            raise _unknown(f"{path}.{key}", f"{path} ({node._target_})", names)
-
-
 def _interpolated(tree: Any, found: set[str] | None = None) -> set[str]:
     """Every key path another value interpolates, e.g. `model.num_hiddens` from `${model.num_hiddens}`."""
     found = set() if found is None else found
@@ -284,38 +299,87 @@ def entries(node: Any) -> dict[str, Any]:
     return {str(k): v for k, v in node.items() if v}
 
 
-def _check_tree(cfg: DictConfig) -> None:
-    """No key that nothing reads: nodes naming a class take its arguments, the others what task1 reads."""
+def _source(raw: Any, default: str) -> str:
+    """The key a value comes from: `model.num_hiddens` for `${model.num_hiddens}`, else where it is."""
+    found = re.fullmatch(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}", raw) if isinstance(raw, str) else None
+    return found[1] if found else default
+
+
+def _check_value(key: str, node: DictConfig, spec: Spec | None, name: str) -> None:
+    if spec is None:
+        return
+    try:
+        value = node[key]  # resolved; ${hydra:...} has no value outside a running Hydra app
+    except Exception:
+        return
+    if isinstance(value, DictConfig | ListConfig):
+        value = OmegaConf.to_container(value, resolve=False)
+    if not spec.check(value):
+        _fail(name, value, spec.describe())
+
+
+def _check_target(path: str, node: DictConfig, schema: type | None, keys: bool) -> None:
+    """A `_target_` node: its keys are the arguments of what it names (and those of its schema), its values
+    what their annotations allow."""
+    try:
+        params, takes_any = signature(node._target_)
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None:  # Hydra wraps what went wrong (a missing extra, a bug in the module)
+            cause = cause.__cause__
+        raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({error_line(cause)}): name a "
+                         f"class or function of task1, torch or lightning, and check that what it needs is "
+                         f"installed.") from e
+    own = _fields(schema)
+    raw = OmegaConf.to_container(node, resolve=False)
+    for key in node:
+        if str(key).startswith("_"):
+            continue
+        if key not in own and key not in params:
+            if keys and not takes_any:
+                raise _unknown(f"{path}.{key}", f"{path} ({node._target_})", set(params) | set(own))
+            continue
+        spec = Spec.of(own[key] if key in own else params[key])
+        if not (spec and spec.ranged) and key in LIMITS:
+            spec = Spec.of(LIMITS[key])
+        _check_value(key, node, spec, _source(raw[key], f"{path}.{key}"))
+
+
+def _check(cfg: DictConfig, keys: bool) -> None:
+    """Every value against its type and range; with `keys`, also no key that nothing reads: nodes naming a class
+    take its arguments, the others the fields of their schema and the keys another value interpolates."""
     tree = OmegaConf.to_container(cfg, resolve=False)  # unresolved: ${hydra:...} needs a running Hydra app
     used = _interpolated(tree)
-    targets = []
+    targets: list[tuple[str, type | None]] = []
 
-    def walk(path: str, node: dict | list) -> None:
+    def walk(path: str, node: dict | list, schema: type | None) -> None:
         if "_target_" in node:
-            targets.append(path)
+            targets.append((path, schema))
             return
         if path in COLLECTIONS:
             for key, entry in entries(node).items():
                 if not isinstance(entry, dict) or "_target_" not in entry:
                     raise Task1Error(f"{path}.{key} names no class: give it a _target_ ({path}.{key}."
                                      f"_target_=<module.Class>), or drop it with {path}.{key}=null.")
-                targets.append(f"{path}.{key}")
+                targets.append((f"{path}.{key}", None))
             return
-        prefix = f"{path}." if path else ""
-        names = READS.get(path, set()) | {u[len(prefix):].split(".")[0] for u in used if u.startswith(prefix)}
+        prefix, fields = f"{path}." if path else "", _fields(schema)
+        names = set(fields) | {u[len(prefix):].split(".")[0] for u in used if u.startswith(prefix)}
         for key, value in node.items():
-            if key not in names:
+            if keys and key not in names:
                 raise _unknown(prefix + str(key), path or "the config", names)
             if isinstance(value, dict) or (prefix + str(key) in COLLECTIONS and isinstance(value, list)):
-                walk(prefix + str(key), value)
+                walk(prefix + str(key), value, _schema_in(fields.get(key)))
+            elif key in fields:
+                _check_value(key, OmegaConf.select(cfg, path) if path else cfg, Spec.of(fields[key]), prefix + key)
 
-    walk("", tree)
-    for path in targets:  # after the plain keys: looking a class up can take an import
-        _check_keys(path, OmegaConf.select(cfg, path))
+    walk("", tree, Config)
+    for path, schema in targets:  # after the plain keys: a class's signature is read from its source
+        _check_target(path, OmegaConf.select(cfg, path), schema, keys)
     for key, node in entries(OmegaConf.select(cfg, "trainer.callbacks")).items():  # +trainer.callbacks=[...]
         if not isinstance(node, DictConfig) or "_target_" not in node:
             raise Task1Error(f"trainer.callbacks: {node} names no class: give each callback a _target_.")
-        _check_keys(f"trainer.callbacks.{key}".rstrip("."), node)
+        _check_target(f"trainer.callbacks.{key}".rstrip("."), node, None, keys)
 
 
 def _train_size(data: DictConfig) -> int | None:
@@ -328,17 +392,13 @@ def _train_size(data: DictConfig) -> int | None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Raise Task1Error naming the first field of FIELDS whose value is wrong (also in a run's resolved config)."""
-    for path, spec in FIELDS.items():
-        value = OmegaConf.select(cfg, path, default="<absent>")
-        if value != "<absent>" and not spec.check(value):
-            _fail(path, value, spec.describe())
+    """Raise Task1Error naming the first value that is wrong (also in a run's resolved config)."""
+    _check(cfg, keys=False)
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
-    check_values(cfg)
-    _check_tree(cfg)
+    _check(cfg, keys=True)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
         _fail("optimizer.nesterov", True, f"false, or optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from task1 import Task1Error, error_line
+from task1.checks import Folder, NonNegativeInt, PositiveInt
 from task1.data.loader import InMemoryData
 from task1.io import atomic_open, locked
 
@@ -172,8 +173,8 @@ class FashionMNIST(InMemoryData):
 
     labels = LABELS
 
-    def __init__(self, root: str = "data", batch_size: int = 256, val_size: int = 0,
-                 eval_batch_size: int = 10_000, download: bool = True, split_seed: int = 0,
+    def __init__(self, root: Folder = "data", batch_size: PositiveInt = 256, val_size: NonNegativeInt = 0,
+                 eval_batch_size: PositiveInt = 10_000, download: bool = True, split_seed: int = 0,
                  seed: int | None = None, on_device: bool = True):
         super().__init__(batch_size, eval_batch_size, seed, on_device)
         self.root, self.download, self.val_size, self.split_seed = root, download, val_size, split_seed

@@ -2,6 +2,7 @@
 
 import torch
 
+from task1.checks import NonNegative, NonNegativeInt, PositiveInt
 from task1.data.loader import InMemoryData
 
 
@@ -20,9 +21,10 @@ class SyntheticRegression(InMemoryData):
     `val_size=0` validates on the whole training set, which is what the book reports after each epoch.
     """
 
-    def __init__(self, w: list[float] = (2.0, -3.4), b: float = 4.2, noise: float = 0.01,
-                 num_examples: int = 1000, num_test: int = 1000, batch_size: int = 10, val_size: int = 0,
-                 eval_batch_size: int = 10_000, seed: int | None = 0, on_device: bool = True):
+    def __init__(self, w: list[float] = (2.0, -3.4), b: float = 4.2, noise: NonNegative = 0.01,
+                 num_examples: PositiveInt = 1000, num_test: PositiveInt = 1000, batch_size: PositiveInt = 10,
+                 val_size: NonNegativeInt = 0, eval_batch_size: PositiveInt = 10_000, seed: int | None = 0,
+                 on_device: bool = True):
         super().__init__(batch_size, eval_batch_size, seed, on_device)
         self.true_w, self.true_b = [float(v) for v in w], float(b)
         self.noise, self.num_examples, self.num_test, self.val_size = noise, num_examples, num_test, val_size

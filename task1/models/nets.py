@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from task1.checks import BiasInit, InitStd, PositiveInt
 from task1.models.init import init_linear_
 
 
@@ -16,7 +17,7 @@ def _linear(num_inputs: int, num_outputs: int, init_std: float | None, bias_init
 class LinearRegression(nn.Module):
     """y_hat = X w + b with nn.Linear (d2l 3.3)."""
 
-    def __init__(self, num_inputs: int = 2, init_std: float | None = 0.01, bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 2, init_std: InitStd = 0.01, bias_init: BiasInit = "zeros"):
         super().__init__()
         self.net = _linear(num_inputs, 1, init_std, bias_init)
 
@@ -30,8 +31,8 @@ class LinearRegression(nn.Module):
 class SoftmaxRegression(nn.Module):
     """Logits of a single linear layer on flattened images (d2l 3.7); the softmax lives in the loss."""
 
-    def __init__(self, num_inputs: int = 784, num_outputs: int = 10, init_std: float | None = 0.01,
-                 bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 784, num_outputs: PositiveInt = 10, init_std: InitStd = 0.01,
+                 bias_init: BiasInit = "zeros"):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), _linear(num_inputs, num_outputs, init_std, bias_init))
 
@@ -42,8 +43,8 @@ class SoftmaxRegression(nn.Module):
 class MLP(nn.Module):
     """Flatten, Linear, ReLU, Linear (d2l 3.10)."""
 
-    def __init__(self, num_inputs: int = 784, num_hiddens: int = 256, num_outputs: int = 10,
-                 init_std: float | None = 0.01, bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 784, num_hiddens: PositiveInt = 256, num_outputs: PositiveInt = 10,
+                 init_std: InitStd = 0.01, bias_init: BiasInit = "zeros"):
         super().__init__()
         self.net = nn.Sequential(
             nn.Flatten(),

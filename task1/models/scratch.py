@@ -7,6 +7,7 @@ nn.Parameter so that optimizers, state_dict and checkpoints see them.
 import torch
 from torch import nn
 
+from task1.checks import BiasInit, InitStd, PositiveInt
 from task1.models.init import init_linear_
 
 
@@ -57,7 +58,7 @@ def squared_loss(y_hat: torch.Tensor, y: torch.Tensor, reduction: str = "mean") 
 class LinearRegression(nn.Module):
     """y_hat = X w + b (d2l 3.2)."""
 
-    def __init__(self, num_inputs: int = 2, init_std: float | None = 0.01, bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 2, init_std: InitStd = 0.01, bias_init: BiasInit = "zeros"):
         super().__init__()
         self.w, self.b = _params(num_inputs, 1, init_std, bias_init)
 
@@ -71,8 +72,8 @@ class LinearRegression(nn.Module):
 class SoftmaxRegression(nn.Module):
     """Logits X W + b on flattened images (d2l 3.6); `softmax` turns them into probabilities."""
 
-    def __init__(self, num_inputs: int = 784, num_outputs: int = 10, init_std: float | None = 0.01,
-                 bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 784, num_outputs: PositiveInt = 10, init_std: InitStd = 0.01,
+                 bias_init: BiasInit = "zeros"):
         super().__init__()
         self.num_inputs = num_inputs
         self.W, self.b = _params(num_inputs, num_outputs, init_std, bias_init)
@@ -84,8 +85,8 @@ class SoftmaxRegression(nn.Module):
 class MLP(nn.Module):
     """One hidden ReLU layer (d2l 3.9)."""
 
-    def __init__(self, num_inputs: int = 784, num_hiddens: int = 256, num_outputs: int = 10,
-                 init_std: float | None = 0.01, bias_init: str = "zeros"):
+    def __init__(self, num_inputs: PositiveInt = 784, num_hiddens: PositiveInt = 256, num_outputs: PositiveInt = 10,
+                 init_std: InitStd = 0.01, bias_init: BiasInit = "zeros"):
         super().__init__()
         self.num_inputs = num_inputs
         self.W1, self.b1 = _params(num_inputs, num_hiddens, init_std, bias_init)
