@@ -273,6 +273,9 @@ def _options_with(group: str, field: str) -> list[str]:
     return found
 
 
+_REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")  # ${model.num_hiddens}
+
+
 def _interpolated(tree: Any, found: set[str] | None = None) -> set[str]:
     """Every key path another value interpolates, e.g. `model.num_hiddens` from `${model.num_hiddens}`."""
     found = set() if found is None else found
@@ -283,7 +286,7 @@ def _interpolated(tree: Any, found: set[str] | None = None) -> set[str]:
         for value in tree:
             _interpolated(value, found)
     elif isinstance(tree, str):
-        found.update(re.findall(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}", tree))
+        found.update(_REFERENCE.findall(tree))
     return found
 
 
@@ -301,7 +304,7 @@ def entries(node: Any) -> dict[str, Any]:
 
 def _source(raw: Any, default: str) -> str:
     """The key a value comes from: `model.num_hiddens` for `${model.num_hiddens}`, else where it is."""
-    found = re.fullmatch(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}", raw) if isinstance(raw, str) else None
+    found = _REFERENCE.fullmatch(raw) if isinstance(raw, str) else None
     return found[1] if found else default
 
 
