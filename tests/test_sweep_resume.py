@@ -146,16 +146,26 @@ def uninterrupted(args, tmp_path_factory) -> dict[str, dict]:
     return {lr: json.loads((folder / "metrics.json").read_text()) for lr, folder in folders(sweep).items()}
 
 
+def mid_epoch(checkpoint: Path) -> bool:
+    """Whether a checkpoint is there and was written inside an epoch (not the one written at its end)."""
+    try:
+        return bool(torch.load(checkpoint, weights_only=True)["global_step"] % STEPS_PER_EPOCH)
+    except (OSError, RuntimeError, KeyError, EOFError):  # not there yet
+        return False
+
+
 def kill_mid_job(overrides: list[str], sweep: Path) -> None:
-    """Start the sweep; SIGKILL its whole process group once one job has completed and another one has
-    written its first checkpoint."""
+    """Start the sweep; SIGKILL its whole process group once one job has completed and every job that has begun
+    since has written a checkpoint inside an epoch (not one at an epoch's end)."""
     proc = subprocess.Popen([sys.executable, "-m", "task1.train", "--multirun", *overrides], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         while proc.poll() is None:
             jobs = [p for p in sweep.glob("*") if p.is_dir()]
             done = [p for p in jobs if (p / "metrics.json").exists()]
-            if done and any((p / "checkpoints" / "last.ckpt").exists() for p in jobs if p not in done):
+            running = [p / "checkpoints" / "last.ckpt" for p in jobs if p not in done]
+            running = [c for c in running if c.exists()]
+            if done and running and all(mid_epoch(c) for c in running):
                 break
             time.sleep(0.002)
     finally:
