@@ -147,7 +147,7 @@ def _module_file(module: str) -> Path | None:
 
 # what an annotation read from source may name; anything else is left unchecked
 _NAMES = {"int": int, "float": float, "bool": bool, "str": str, "None": None, "Optional": Optional,
-          "Union": Union, "Literal": Literal, "Annotated": Annotated,
+          "Union": Union, "Literal": Literal,
           **{k: v for k, v in vars(checks).items() if not k.startswith("_")}}
 
 
@@ -214,6 +214,7 @@ def _lookup(target: str) -> Any:
         hydra_log.disabled = disabled
 
 
+@cache  # a sweep checks every job's config: each source is read once a process
 def signature(target: str) -> tuple[dict[str, Any], bool]:
     """The parameters of what `target` names, with their annotations, and whether it takes any keyword: from its
     source where that says (a check imports neither torch nor Lightning), else from the imported object."""
