@@ -25,7 +25,8 @@ def err_sweep(folder, direction: str | None = None):
 
 
 @pytest.mark.parametrize(("direction", "mode", "best"), [
-    ("minimize", None, "0.3"), ("maximize", None, "0.1"), (None, "min", "0.3"), ("minimize", "max", "0.1")])
+    ("minimize", None, "0.3"), ("maximize", None, "0.1"), (None, "min", "0.3"), ("minimize", "max", "0.1"),
+    (None, "maximize", "0.1"), ("maximize", "minimize", "0.3")])  # a mode in a study's words too
 def test_best_job_and_seed_group_follow_the_study_or_the_mode(tmp_path, direction, mode, best):
     summarize(err_sweep(tmp_path, direction), "val/err", mode)
     md = (tmp_path / "summary.md").read_text()

@@ -77,7 +77,7 @@ def pick_mode(sweep: Path, metric: str | None, mode: str | None) -> str | None:
     if mode is not None:
         if mode not in MODES:
             raise Task1Error(f"mode={mode} is not allowed: expected max or min (how to rank the jobs by {metric}).")
-        return mode
+        return MODES[mode]  # a study's long names too: maximize is max
     path = sweep / "optimization_results.yaml"
     study = yaml.safe_load(path.read_text()) if path.is_file() else {}
     if isinstance(study, dict) and study.get("optimized_metric") == metric and study.get("direction") in MODES:
