@@ -252,6 +252,24 @@ def test_the_search_adds_no_override_a_job_folder_name_would_spell_out(tmp_path)
                for f in folders)
 
 
+def test_a_grid_search_started_again_fails_its_last_point_left_running_and_goes_on(tmp_path):
+    # the last grid point, left running by a search that stopped: failing it ends the grid, and Optuna's
+    # GridSampler then calls study.stop(), which raises outside study.optimize
+    conf = {"defaults": [{"override hydra/sweeper": "optuna_search"}, {"override hydra/sweeper/sampler": "grid"}],
+            "hydra": {"sweeper": {"direction": "minimize", "study_name": "sphere", "storage": None, "n_trials": 2,
+                                  "n_jobs": 1, "params": {"x": "choice(-1, 1)"}}},
+            "x": 1, "y": 0}
+    app, sweep = example(tmp_path, "sphere", conf), tmp_path / "sweep"
+    run_app(app, f"hydra.sweep.dir={sweep}", "hydra.job.chdir=False", "hydra.sweeper.n_trials=1")
+    study = optuna.load_study(study_name="sphere", sampler=optuna.samplers.GridSampler({"x": [-1, 1]}),
+                              storage=optuna.storages.JournalStorage(
+                                  optuna.storages.journal.JournalFileBackend(str(sweep / "optuna_journal.log"))))
+    study.ask().suggest_categorical("x", [-1, 1])  # the other point, as a search that was killed leaves it
+    out = run_app(app, f"hydra.sweep.dir={sweep}", "hydra.job.chdir=False")
+    assert "Traceback" not in out and "trial 1 was left running by a search that stopped" in out, out[-3000:]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+
+
 def test_a_study_that_holds_its_trials_already_is_left_as_it_is(tmp_path):
     # an RDB study already at n_trials, and a new sweep folder: nothing to run, the results written there
     storage, app = f"sqlite:///{tmp_path / 'study.db'}", example(tmp_path, "sphere")

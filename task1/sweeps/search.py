@@ -93,12 +93,12 @@ def failure_reason(ret: JobReturn) -> str | None:
     return read_run(folder or ret.working_dir or ".").error or None
 
 
-def frozen(study: optuna.Study, trial: Trial) -> optuna.trial.FrozenTrial:
-    """The trial as the storage has it now (a trial's number is its index in the study)."""
-    return study.get_trials(deepcopy=False)[trial.number]
+def frozen(study: optuna.Study, trial: Trial | int) -> optuna.trial.FrozenTrial:
+    """The trial (or the trial of that number) as the storage has it now: a trial's number is its index."""
+    return study.get_trials(deepcopy=False)[trial if isinstance(trial, int) else trial.number]
 
 
-def tell(study: optuna.Study, trial: Trial, **kwargs: Any) -> None:
+def tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
     """`study.tell`, also for a GridSampler's last grid point: its after_trial calls `study.stop()`, which Optuna
     allows inside `study.optimize` only and refuses with a RuntimeError here, after recording the trial (in a
     `finally`). The grid's end needs no stop: n_trials is cut to the grid's size."""
@@ -118,7 +118,8 @@ class Search(Sweeper):
                  max_failure_rate: float = 0.0, params: DictConfig | None = None,
                  custom_search_space: str | None = None) -> None:
         self.sampler_cfg, self.pruner_cfg, self.direction = sampler, pruner, direction
-        self.study_name, self.storage, self.n_trials, self.n_jobs = study_name, storage, n_trials, n_jobs
+        # storage is not kept: every process, the jobs' too, reads it from the config (storage_spec)
+        self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, n_jobs
         self.asynchronous, self.max_failure_rate = asynchronous, max_failure_rate
         self.params, self.custom_search_space = params or {}, custom_search_space
 
@@ -225,7 +226,7 @@ class Search(Sweeper):
                 elsewhere.append(trial.number)
             else:
                 log.warning("trial %d was left running by a search that stopped: recorded as failed", trial.number)
-                study.tell(trial.number, state=TrialState.FAIL)
+                tell(study, trial.number, state=TrialState.FAIL)
         return elsewhere
 
     def _collect(self, study: optuna.Study, numbers: list[int]) -> None:
@@ -235,16 +236,16 @@ class Search(Sweeper):
             folder = Path(self.config.hydra.sweep.dir) / str(number)
             while held(folder):
                 time.sleep(2)
-            if study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
+            if frozen(study, number).state != TrialState.RUNNING:
                 continue
             run = read_run(folder)
             try:
                 values = objective_values(run.final.get(self.config.get("optimized_metric")), len(study.directions))
             except ValueError:
-                study.tell(number, state=TrialState.FAIL)
+                tell(study, number, state=TrialState.FAIL)
                 log.info("trial %d: fail (%s)", number, run.error or "its job recorded no value")
             else:
-                study.tell(number, values[0] if len(values) == 1 else values)
+                tell(study, number, values=values)
                 log.info("trial %d: complete (%s)", number, ", ".join(f"{v:.4g}" for v in values))
 
     def _custom(self):
@@ -268,7 +269,7 @@ class Search(Sweeper):
             custom(self.config, trial)
         clash = sorted(set(trial.params) & set(given))
         if clash:
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             raise Task1Error(f"hydra.sweeper.custom_search_space={self.custom_search_space} suggests "
                              f"{', '.join(clash)}, which the overrides fix ({', '.join(fixed[k] for k in clash)}): "
                              f"leave them to one of the two.")
