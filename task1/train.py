@@ -94,7 +94,7 @@ def job(cfg: DictConfig) -> float | None:
 
 def search_callbacks(cfg: DictConfig) -> list:
     """A job of task1's Optuna search reports to its trial and stops when pruned (only then is Optuna imported)."""
-    if context.search_trial() is None:
+    if not context.in_search():
         return []
     from task1.sweeps.trial import pruning
 

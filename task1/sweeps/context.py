@@ -44,11 +44,9 @@ def is_search(hydra: DictConfig) -> bool:
     return hydra.get("mode") == RunMode.MULTIRUN and OmegaConf.select(hydra, "sweeper._target_") == SEARCH
 
 
-def search_trial() -> int | None:
-    """The number of the trial this process runs as a job of task1's Optuna search (its job number), else None."""
-    if not HydraConfig.initialized() or not is_search(HydraConfig.get()):
-        return None
-    return int(HydraConfig.get().job.num)
+def in_search() -> bool:
+    """Whether this process runs a job of task1's Optuna search (task1.sweeps.trial finds its trial)."""
+    return HydraConfig.initialized() and is_search(HydraConfig.get())
 
 
 def keep_imports_out_of_gc() -> None:

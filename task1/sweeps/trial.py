@@ -39,7 +39,7 @@ class StudyTrial:
 
 
 def open_trial() -> StudyTrial | None:
-    """The running trial of this job (task1.sweeps.context.search_trial says whether it is one), with the pruner
+    """The running trial of this job (task1.sweeps.context.in_search says whether it is one), with the pruner
     of the sweeper that launched it; None when the trial has already finished or its study has several
     objectives (Optuna prunes single-objective studies only)."""
     hc = HydraConfig.get()
