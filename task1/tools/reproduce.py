@@ -22,7 +22,6 @@ A row passes when the book's final-epoch figure lies inside our range over seeds
 """
 
 import argparse
-import json
 import math
 import re
 import statistics
@@ -199,9 +198,10 @@ def markdown(results: list[dict], seeds: list[int], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def recorded(out: Path, experiments: list[str] | None, seeds: list[int] | None) -> tuple[list[str], list[int]]:
+def recorded(out: Path, experiments: list[str] | None,
+             seeds: list[int] | None) -> tuple[list[str], list[int], dict]:
     """The experiments and seeds of the reproduction in `out` (its reproduce.json, else its run folders), less
-    what the command line chose; a folder with no runs is refused."""
+    what the command line chose, and its reproduce.json ({} without one); a folder with no runs is refused."""
     runs = sorted((out / "runs").glob("*/seed_*/"))
     record = read_json(out / "reproduce.json")
     if not runs and not record:
@@ -210,7 +210,7 @@ def recorded(out: Path, experiments: list[str] | None, seeds: list[int] | None) 
     experiments = experiments or [e["experiment"] for e in record.get("experiments", [])] or \
         sorted({p.parent.name for p in runs}, key=natural_key)
     seeds = seeds or record.get("seeds") or sorted({int(p.name.removeprefix("seed_")) for p in runs})
-    return experiments, seeds
+    return experiments, seeds, record
 
 
 def seed_list(text: str) -> list[int]:
@@ -232,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_run and not args.out:
         parser.error("--no-run needs --out, the folder of an earlier reproduction")
     experiments, seeds = args.experiments.split(",") if args.experiments else None, args.seeds
+    earlier = {}
     if args.no_run:  # the table of what the folder holds: its experiments and seeds, not today's defaults
-        experiments, seeds = recorded(Path(args.out).resolve(), experiments, seeds)
+        experiments, seeds, earlier = recorded(Path(args.out).resolve(), experiments, seeds)
     experiments, seeds = experiments or available(), seeds or [0, 1, 2]
     unknown = sorted(set(experiments) - set(available()))
     if unknown:
@@ -246,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     results = collect(experiments, seeds, out / "runs")
     command = "task1 reproduce " + " ".join(argv if argv is not None else sys.argv[1:])
     wall_time = round(time.perf_counter() - start, 1)
-    if args.no_run and (out / "reproduce.json").is_file():  # the runs, and so the table, are still that command's
-        earlier = json.loads((out / "reproduce.json").read_text())
+    if earlier:  # the runs, and so the table, are still that command's
         command, wall_time, status = earlier["command"], earlier["wall_time_s"], earlier["sweep_exit_status"]
     table = markdown(results, seeds, command.strip())
     passed = all(r["passed"] for r in results)
