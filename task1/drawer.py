@@ -42,14 +42,15 @@ def draw_one(name: str, args: tuple, path: str | None, boards: list[Board], even
 
     from task1 import plots
 
+    if path is None:  # the function saves its own files
+        getattr(plots, name)(*args)
+        return
     # the same figure again (the last validation's grid is the test's when they share a split): drawn once
     key = hashlib.sha1(encode((name, args))).digest()
-    if events.get("last", (None,))[0] == key and path is not None:
+    if events.get("last", (None,))[0] == key:
         image, data = events["last"][1:]
     else:
         result = getattr(plots, name)(*args)
-        if path is None:  # the function saved its own files
-            return
         image = result if isinstance(result, np.ndarray) else plots.to_array(result)  # framed: rendered already
         data = plots.png(image)
         events["last"] = (key, image, data)
@@ -95,7 +96,7 @@ def encode(item: tuple) -> bytes:
     arrays: list = []
 
     def plain(x: Any) -> Any:
-        if hasattr(x, "__array__") and not isinstance(x, (list, tuple, dict, str)):
+        if hasattr(x, "__array__"):  # a tensor, an array (no list, tuple, dict or str has one)
             arrays.append(np.asarray(x))
             return {"__array__": len(arrays) - 1}
         if isinstance(x, (list, tuple)):
@@ -160,9 +161,7 @@ class Drawer:
                 data = encode(item)
             except (TypeError, ValueError) as e:  # a figure of data the pipe cannot carry: that one is lost
                 log.warning("a figure could not be handed to the drawer: %s", error_line(e))
-                with self.lock:
-                    self.pending -= 1
-                    self.lock.notify_all()
+                self._done()
                 continue
             try:
                 self.process.stdin.write(data)
@@ -172,14 +171,18 @@ class Drawer:
         with contextlib.suppress(OSError):
             self.process.stdin.close()
 
+    def _done(self) -> None:
+        """One figure handed over is drawn, or lost."""
+        with self.lock:
+            self.pending -= 1
+            self.lock.notify_all()
+
     def _replies(self) -> None:
         for line in self.process.stdout:
             reply = line.decode().strip()
             if reply != "ok":
                 log.warning("a figure could not be drawn: %s", reply)
-            with self.lock:
-                self.pending -= 1
-                self.lock.notify_all()
+            self._done()
         with self.lock:  # the drawer ended: nothing more will come
             if self.pending > 0:
                 log.warning("the figure drawer ended with %d figure(s) not drawn", self.pending)
@@ -207,7 +210,6 @@ class Drawer:
 
 
 _drawer: Drawer | None = None
-_inline: dict = {}  # the event writer of figures drawn in this process
 
 
 def start() -> None:
@@ -225,8 +227,9 @@ def draw(name: str, args: tuple, path: Path | None = None, boards: list[Board] |
     start()
     item = (name, args, None if path is None else str(path), list(boards))
     if _drawer is None or not _drawer.draw(item):
-        draw_one(*item, _inline)
-        close(_inline)
+        events: dict = {}
+        draw_one(*item, events)
+        close(events)
 
 
 def settle() -> None:
