@@ -1,6 +1,7 @@
 """Build and run one training: config -> data module, system, trainer -> fit, test -> metrics.json.
 
-`train(cfg)` is the whole job; `build(cfg)` returns what it fits (scripts/bench.py times it). Nothing below this
+`fit(cfg)` is the whole training (task1.train.train runs it); `build(cfg)` returns what it fits (scripts/bench.py
+times it). Nothing below this
 module reads the config object: the classes take plain arguments.
 """
 
@@ -24,7 +25,7 @@ from task1.core import ddp
 from task1.core.callbacks import FiniteLoss, PredictionFigures, Pruning, StopOnRequest
 from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_compatible, load_checkpoint
 from task1.core.config import entries, validate
-from task1.core.hparams import keeps_files, log_final
+from task1.core.hparams import log_final
 from task1.core.provenance import provenance
 from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir
 from task1.core.shortcuts import QuietProfiler
@@ -49,7 +50,7 @@ warnings.filterwarnings("ignore", message=LIGHTNING_NOISE)
 
 
 class Built(NamedTuple):
-    """What `train(cfg)` fits: also what scripts/bench.py times."""
+    """What `fit(cfg)` fits: also what scripts/bench.py times."""
 
     datamodule: DataModule
     system: System
@@ -151,15 +152,19 @@ def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataM
                            save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
     last = LastCheckpoint(out / "checkpoints" / "last.ckpt", cfg.get("checkpoint_every_n_steps"))
     callbacks, predictions = [FiniteLoss(), best, last, *extra], None
-    if str(cfg.trainer.get("strategy", "")).startswith("ddp") and not any(isinstance(c, Pruning) for c in extra):
+    if uses_ddp(cfg) and not any(isinstance(c, Pruning) for c in extra):
         # every rank takes part in the pruning decision of rank 0, also a rank that Lightning started (it has no
-        # trial to report to), and any DDP run
-        callbacks.append(Pruning(None, cfg.get("optimized_metric") or monitor))
+        # trial to report to, so no metric), and any DDP run
+        callbacks.append(Pruning(None, None))
     figures = cfg.get("figures") or {"enabled": False}  # configs saved before figures existed have none
     if figures["enabled"] and system.classify:
         predictions = PredictionFigures(out / "figures", datamodule.labels, figures["every_n_epochs"])
         callbacks.append(predictions)
     return callbacks, predictions
+
+
+def uses_ddp(cfg: DictConfig) -> bool:
+    return str(cfg.trainer.get("strategy", "")).startswith("ddp")
 
 
 def check_devices(trainer: DictConfig) -> None:
@@ -194,7 +199,7 @@ def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Tr
     loggers = build_all("logger", cfg.get("logger"))
     callbacks = [*callbacks, *build_all("callbacks", cfg.get("callbacks")),
                  *build_all("trainer.callbacks", cfg.trainer.get("callbacks"))]
-    if str(cfg.trainer.get("strategy", "")).startswith("ddp"):
+    if uses_ddp(cfg):
         ddp.prepare_ddp_relaunch(out, cfg.get("resume"))
     profiler = {} if cfg.trainer.get("profiler") else {"profiler": QuietProfiler()}
     plugins = [AtomicCheckpointIO()]
@@ -220,8 +225,6 @@ def summary_table(final: dict) -> str:
     return "\n".join(lines)
 
 
-
-
 def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, System]:
     """Fit, then test, the model of `cfg` (checked: task1.core.config.validate) with `callbacks` added; write
     `metrics.json` into the run folder; return its contents and the trained LightningModule. The figures may
@@ -232,8 +235,8 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         pruned = pruning is not None and pruning.pruned
-        # a pruned trial is abandoned: the test split stays unseen
-        test = {} if pruned else trainer.test(system, datamodule=datamodule, verbose=False)[0]
+        if not pruned:  # a pruned trial is abandoned: the test split stays unseen
+            trainer.test(system, datamodule=datamodule, verbose=False)
     except BaseException as e:  # metrics.json says what happened, then the error goes on up
         metrics, error = failure_metrics(e, system.history, cfg.seed, out)
         if trainer.is_global_zero:
@@ -245,7 +248,7 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
         ddp.restore()  # the next job in this process starts without this one's process group and environment
 
     final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
-    final.update(system.last_metrics("test") if test else {})  # exact, not Lightning's float32 copies
+    final.update(system.last_metrics("test"))  # exact, not Lightning's float32 copies ({} when pruned)
     # a callback stopped the run (EarlyStopping), or a limit on steps or time: fewer epochs than max_epochs
     stopped_early = not pruned and len(system.history) < trainer.max_epochs
     metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
@@ -269,8 +272,6 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
         if (cfg.get("figures") or {}).get("enabled"):
             figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
             drawer.draw("run_figures", (figures, out / "figures"))
-        if keeps_files(trainer.loggers):  # MLflow takes the PNGs as artifacts: every one drawn first
-            drawer.settle()
         log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
         log.info("final metrics (%s)\n%s", out, summary_table(final))
         if "w" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error

@@ -86,7 +86,7 @@ class Pruning(L.Callback):
     reports and decides for all ranks.
     """
 
-    def __init__(self, trial, metric: str):
+    def __init__(self, trial, metric: str | None):
         self.trial, self.metric, self.pruned = trial, metric, False
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -8,6 +8,8 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger
 from omegaconf import OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from task1 import drawer
+
 # not choices: where files go, model.net/model.loss, which only repeat model.* by interpolation, and where an
 # Optuna search keeps the trial (its job folder is named by the trial's number)
 _NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download",
@@ -47,11 +49,6 @@ def log_hparams(logger: TensorBoardLogger, params: dict, metrics: dict, step: in
     writer.flush()
 
 
-def keeps_files(loggers: list[Logger]) -> bool:
-    """Whether a logger takes the run's figures as files (MLflow's artifacts)."""
-    return any(isinstance(logger, MLFlowLogger) for logger in loggers)
-
-
 def log_final(loggers: list[Logger], config: dict, final: dict, step: int, figures: Path) -> None:
     """Give every logger the run's hyperparameters and final metrics (the per-epoch metrics they had from
     Lightning), and MLflow the PNGs in `figures` as artifacts (TensorBoard has them as images already)."""
@@ -63,6 +60,8 @@ def log_final(loggers: list[Logger], config: dict, final: dict, step: int, figur
             continue
         logger.log_hyperparams(params)
         logger.log_metrics(metrics, step)
-        if isinstance(logger, MLFlowLogger) and figures.is_dir():
-            logger.experiment.log_artifacts(logger.run_id, str(figures), "figures")
+        if isinstance(logger, MLFlowLogger):  # the PNGs as artifacts: every one drawn first
+            drawer.settle()
+            if figures.is_dir():
+                logger.experiment.log_artifacts(logger.run_id, str(figures), "figures")
         logger.save()
