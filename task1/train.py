@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> float | None:
     if context.in_sweep():
         return job(cfg)
     try:
-        with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
+        with _holding(cfg):
             train(cfg)
     except FolderInUseError:  # the folder is another process's: left as it is
         raise
@@ -59,6 +59,11 @@ def run(cfg: DictConfig) -> float | None:
             forget_if_never_started(run_dir(cfg))
         raise
     return None
+
+
+def _holding(cfg: DictConfig) -> contextlib.AbstractContextManager:
+    """The run's folder held for the block; a rank other than 0 holds nothing (it follows rank 0's folder)."""
+    return contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg))
 
 
 def forget_if_never_started(out: Path) -> None:
@@ -76,7 +81,7 @@ def job(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     cfg.threads = context.thread_budget(cfg.threads)
     try:
-        with contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg)):
+        with _holding(cfg):
             metrics = folders.continue_job(cfg) or train(cfg, search_callbacks(cfg), figures_drawn=False)
     except FolderInUseError as e:
         log.error("%s This job is left to it; the sweep's report shows the job as it finds it.", e)
