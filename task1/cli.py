@@ -51,10 +51,10 @@ def echo(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def answer_help(text) -> None:
-    """With `--help` (or `-h`) among the arguments, print `text` (a string, or a function that makes it) and exit
-    with status 0: a command's help costs no import of what the command needs."""
-    if any(a in ("--help", "-h") for a in sys.argv[1:]):
+def answer_help(text, args: list[str] | None = None) -> None:
+    """With `--help` (or `-h`) among the arguments (`args`, else the command line's), print `text` (a string, or a
+    function that makes it) and exit with status 0: a command's help costs no import of what the command needs."""
+    if any(a in ("--help", "-h") for a in (sys.argv[1:] if args is None else args)):
         echo((text() if callable(text) else text).strip())
         sys.exit(0)
 

@@ -107,9 +107,7 @@ def default_out(ckpt_path: Path) -> Path:
 @cli.exit_on_error
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if any(a in ("--help", "-h") for a in args):
-        cli.echo(__doc__.strip())
-        return
+    cli.answer_help(__doc__, args)
     own = {k: [a.split("=", 1)[1] for a in args if a.startswith(f"{k}=")] for k in ("ckpt_path", "split", "out")}
     if len(own["ckpt_path"]) != 1 or len(own["split"]) > 1 or len(own["out"]) > 1:
         print("usage: task1 eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]"
