@@ -27,7 +27,7 @@ from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_com
 from task1.core.config import entries, validate
 from task1.core.hparams import log_final
 from task1.core.provenance import provenance
-from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir
+from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir, task1_command
 from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
@@ -71,7 +71,7 @@ def assemble(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> Built:
     check_devices(cfg.trainer)
     out, resume_from = run_folder(cfg)
     set_threads_and_seed(cfg)
-    datamodule = DataModule(instantiate(cfg.data))
+    datamodule = DataModule(built("data", cfg.data))
     system = build_system(cfg)
     start_from_checkpoint(system, cfg, resume_from)  # a refused resume leaves the folder as it was
     save_config(system, cfg, out)
@@ -101,15 +101,18 @@ def build_system(cfg: DictConfig) -> System:
     """The LightningModule for `cfg.model`, `cfg.optimizer` and `cfg.scheduler`."""
     scheduler = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
     interval, frequency = scheduler.pop("interval", "epoch"), scheduler.pop("frequency", 1)
+    loop = cfg.get("loop") or {}  # configs saved before loop=manual existed have none
     return System(
-        net=instantiate(cfg.model.net),
-        loss=_plain_partial(instantiate(cfg.model.loss)),
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(scheduler) if scheduler else None,
+        net=built("model.net", cfg.model.net),
+        loss=_plain_partial(built("model.loss", cfg.model.loss)),
+        optimizer=built("optimizer", cfg.optimizer),
+        scheduler=built("scheduler", scheduler) if scheduler else None,
         loss_reduction=cfg.model.loss_reduction,
         task=cfg.model.task,
         scheduler_interval=interval,
         scheduler_frequency=frequency,
+        loop=loop.get("name", "automatic"),
+        zero_grad=loop.get("zero_grad", True),
     )
 
 
@@ -131,7 +134,10 @@ def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | N
     init_from = resume_from or cfg.get("ckpt_path")
     if not init_from:
         return
-    checkpoint = load_checkpoint(init_from)
+    try:
+        checkpoint = load_checkpoint(init_from)
+    except Task1Error as e:
+        raise (damaged_last(Path(cfg.resume), e) if resume_from else e) from None
     check_compatible(init_from, checkpoint, system)
     changed = []
     if resume_from:
@@ -141,6 +147,18 @@ def start_from_checkpoint(system: System, cfg: DictConfig, resume_from: Path | N
     log.info("%s from %s (epoch %d, step %d)%s", "resuming" if resume_from else "starting", init_from,
              checkpoint.get("epoch", 0) + 1, checkpoint.get("global_step", 0),
              "; changed: " + ", ".join(changed) if changed else "")
+
+
+def damaged_last(out: Path, error: Task1Error) -> Task1Error:
+    """A resume whose last.ckpt cannot be read (a truncated copy, a disk fault): what is left to go on from. The
+    best.ckpt beside it is taken inside an epoch (at validation), so it starts a new run rather than resuming."""
+    best, rerun = out / "checkpoints" / "best.ckpt", f"{task1_command()} rerun {out}"
+    try:
+        epoch = f"epoch {load_checkpoint(best).get('epoch', 0) + 1}"
+    except Task1Error:
+        return Task1Error(f"resume={out}: {error} No intact checkpoint is left: start the run again with {rerun}")
+    return Task1Error(f"resume={out}: {error} The {best} beside it ({epoch}) is intact: train on from its weights "
+                      f"in a new run with {rerun} ckpt_path={best}, or start the run again with {rerun}")
 
 
 def make_callbacks(cfg: DictConfig, out: Path, system: System, datamodule: DataModule,
@@ -173,24 +191,29 @@ def check_devices(trainer: DictConfig) -> None:
         raise Task1Error(f"trainer.accelerator={trainer.accelerator}: no GPU found: use trainer=cpu or trainer=auto.")
 
 
+def built(where: str, node, fix: str = "fix its settings") -> object:
+    """`instantiate(node)`; what its class raises (`dropout=1.5`) is a Task1Error naming `where` and `fix`."""
+    try:
+        return instantiate(node)
+    except Exception as e:
+        cause = e
+        while cause.__cause__ is not None:  # Hydra wraps what went wrong
+            cause = cause.__cause__
+        raise Task1Error(f"{where} ({node['_target_']}) cannot be built: {error_line(cause)}. {fix[0].upper()}"
+                         f"{fix[1:]}.") from e
+
+
 def build_all(path: str, node) -> list:
     """Every class a logger or callbacks node names (task1.core.config.entries), built; one that cannot be built
     (an extra not installed) is a Task1Error naming it."""
-    built = []
+    made = []
     for name, entry in entries(node).items():
         store = str(entry.get("tracking_uri") or "")
         if store.startswith("sqlite:///"):  # MLflow's SQLite store: SQLite makes the file, not its folder
             Path(store.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            built.append(instantiate(entry))
-        except Exception as e:
-            cause = e
-            while cause.__cause__ is not None:  # Hydra wraps what went wrong
-                cause = cause.__cause__
-            where = f"{path}.{name}" if name else path
-            raise Task1Error(f"{where} ({entry._target_}) cannot be built: {error_line(cause)}. Install what it "
-                             f"needs (MLflow: pip install 'task1[mlflow]'), or fix its settings.") from e
-    return built
+        made.append(built(f"{path}.{name}" if name else path, entry,
+                          "install what it needs (MLflow: pip install 'task1[mlflow]'), or fix its settings"))
+    return made
 
 
 def build_trainer(cfg: DictConfig, out: Path, callbacks: list[Callback]) -> L.Trainer:
@@ -232,6 +255,7 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
     start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     datamodule, system, trainer, out, resume_from, predictions = assemble(cfg, callbacks)
     pruning = next((c for c in trainer.callbacks if isinstance(c, Pruning)), None)
+    last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))  # counts the time of every start
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
         pruned = pruning is not None and pruning.pruned
@@ -240,7 +264,10 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
     except BaseException as e:  # metrics.json says what happened, then the error goes on up
         metrics, error = failure_metrics(e, system.history, cfg.seed, out)
         if trainer.is_global_zero:
-            write_json(out / "metrics.json", metrics)
+            try:
+                write_json(out / "metrics.json", {**metrics, "wall_time_s": round(last.wall_time_s, 3)})
+            except OSError as write_error:  # the disk is still full: the error raised below says why
+                log.error("%s could not be written: %s", out / "metrics.json", error_line(write_error))
         if error is None:
             raise
         raise error from None
@@ -253,8 +280,8 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
     stopped_early = not pruned and len(system.history) < trainer.max_epochs
     metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
                "max_epochs": trainer.max_epochs, "stopped_early": stopped_early,
-               "wall_time_s": round(time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
-               "final": final, "history": system.history, "provenance": origin}
+               "wall_time_s": round(last.before + time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
+               "final": final, "history": system.history, "loop": system.loop_record, "provenance": origin}
     if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
         w, b = system.net.get_w_b()
         true_w, true_b = datamodule.data.true_w, datamodule.data.true_b

@@ -407,6 +407,10 @@ def validate(cfg: DictConfig) -> None:
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
         _fail("optimizer.nesterov", True, f"false, or optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "
               f"with optimizer.dampening=0 (it is {opt.get('dampening', 0)}): Nesterov momentum needs both")
+    loop = cfg.get("loop") or {}
+    if loop.get("zero_grad") is False and loop.get("name") != "manual":
+        _fail("loop.zero_grad", False, "true with loop=automatic: Lightning's loop always zeroes the gradients; "
+              "choose loop=manual to leave zero_grad out")
     data, n = cfg.get("data") or {}, _train_size(cfg.get("data") or {})
     if n is not None and data.get("val_size", 0) >= n:
         _fail("data.val_size", data.val_size, f"0 up to {n - 1}: the training set has {n} examples")

@@ -45,6 +45,14 @@ class Scheduler:
 
 
 @dataclass
+class Loop:
+    """conf/loop/: who writes the training loop (task1.models.system.System.manual_update for manual)."""
+
+    name: Literal["automatic", "manual"]
+    zero_grad: bool
+
+
+@dataclass
 class Show:
     """`task1 show`."""
 
@@ -98,6 +106,7 @@ class Config:
     trainer: Any
     logger: Any
     callbacks: Any
+    loop: Loop
     seed: int | None
     threads: PositiveInt | None
     output_dir: str

@@ -78,6 +78,28 @@ def stop_as_on_sigterm(trainer: L.Trainer) -> None:
     trainer._signal_connector.received_sigterm = True
 
 
+def go_manual(module: L.LightningModule) -> None:
+    """Switch `module` to manual optimization once the Trainer has checked its configuration (call it from the
+    `setup` hook): Lightning refuses `accumulate_grad_batches` and `gradient_clip_val` with manual optimization,
+    but task1's manual loop honours both itself. The Trainer keeps its own `accumulate_grad_batches`, so all that
+    reads it (the loggers' step, checkpoint callbacks, `estimated_stepping_batches`) sees what it sees under the
+    automatic loop.
+
+    Relies on: `Trainer._run` checks the loop configuration (`_verify_loop_configurations`) before the setup
+    hook, and the fit loop reads `automatic_optimization` afresh at every batch and when it sets up the
+    optimizers (after the setup hook).
+    """
+    module.automatic_optimization = False
+
+
+def backward_sync(strategy, block: bool) -> contextlib.AbstractContextManager:
+    """No gradient all-reduce under data parallelism while `block`: the micro-batches of an accumulation that
+    are not its last, as Lightning's automatic loop does (its `_block_parallel_sync_behavior`)."""
+    from lightning.pytorch.loops.utilities import _block_parallel_sync_behavior
+
+    return _block_parallel_sync_behavior(strategy, block)
+
+
 def check() -> list[str]:
     """What the short-cuts rely on that this Lightning no longer has: an empty list when all is in place."""
     from lightning.pytorch.trainer import call
@@ -100,6 +122,15 @@ def check() -> list[str]:
     if "received_sigterm" not in vars(_SignalConnector(None)) or "self.trainer.received_sigterm" not in \
             inspect.getsource(training_epoch_loop._TrainingEpochLoop.on_advance_end):
         problems.append("the training loop no longer ends on _SignalConnector.received_sigterm at a batch's end")
+    from lightning.pytorch.loops import utilities
+
+    run = inspect.getsource(L.Trainer._run)
+    if not 0 <= run.find("_verify_loop_configurations(") < run.find("_call_setup_hook(") or \
+            "automatic_optimization" not in inspect.getsource(training_epoch_loop._TrainingEpochLoop.advance):
+        problems.append("the Trainer no longer checks the loop configuration before the setup hook, or no longer "
+                        "reads automatic_optimization at every batch")
+    if not hasattr(utilities, "_block_parallel_sync_behavior"):
+        problems.append("lightning.pytorch.loops.utilities._block_parallel_sync_behavior is gone")
     one_arg.__signature__ = inspect.signature(lambda batch, batch_idx: None)
     if not is_param_in_hook_signature(one_arg, "batch_idx"):
         problems.append("Lightning's hook-signature check no longer reads a stored __signature__")

@@ -8,8 +8,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from task1.core.shortcuts import QuietHooks, store_signature
-from task1.optim.schedule import scheduler_steps, with_run_length
+from task1.core.shortcuts import QuietHooks, backward_sync, go_manual, store_signature
+from task1.optim.schedule import scheduler_steps, steps_scheduler, with_run_length
 
 log = logging.getLogger("task1")
 
@@ -68,11 +68,19 @@ class System(QuietHooks, L.LightningModule):
 
     Metrics are exact per-epoch means over examples: the step accumulates sums (no host sync), the epoch end
     divides, after summing over processes when there are several.
+
+    `loop="automatic"` leaves the update to Lightning; `loop="manual"` writes it out (`manual_update`), with the
+    same result bit for bit; there `zero_grad=False` leaves out `optimizer.zero_grad()` (a teaching switch).
     """
 
     def __init__(self, net: nn.Module, loss, optimizer, scheduler=None, loss_reduction: str = "mean",
-                 task: str = "classification", scheduler_interval: str = "epoch", scheduler_frequency: int = 1):
+                 task: str = "classification", scheduler_interval: str = "epoch", scheduler_frequency: int = 1,
+                 loop: str = "automatic", zero_grad: bool = True):
         super().__init__()
+        if loop not in ("automatic", "manual"):
+            raise ValueError(f"loop={loop!r}: expected automatic or manual")
+        if not zero_grad and loop == "automatic":
+            raise ValueError("zero_grad=False needs loop='manual': Lightning's loop always zeroes the gradients")
         if task not in ("classification", "regression"):
             raise ValueError(f"task={task!r}: expected classification or regression")
         if scheduler_interval not in ("epoch", "step"):
@@ -81,6 +89,7 @@ class System(QuietHooks, L.LightningModule):
         self.optimizer_fn, self.scheduler_fn = optimizer, scheduler
         self.loss_reduction, self.task = loss_reduction, task
         self.scheduler_interval, self.scheduler_frequency = scheduler_interval, scheduler_frequency
+        self.loop, self.zeroes_grad = loop, zero_grad
         self.history: list[dict] = []  # one dict of metrics per finished epoch
         self._sums: dict[str, EpochSums] = {}
         self._last: dict[str, dict] = {}
@@ -122,19 +131,61 @@ class System(QuietHooks, L.LightningModule):
         self._last[stage] = metrics
         return metrics
 
+    @property
+    def loop_record(self) -> dict:
+        """Which loop trained, for metrics.json."""
+        return {"name": self.loop, "zero_grad": self.zeroes_grad}
+
+    def setup(self, stage: str) -> None:
+        if self.loop == "manual":
+            go_manual(self)
+
+    def _stepping(self, batch_idx: int) -> bool:
+        """Whether an optimizer step follows this batch: under gradient accumulation, the last micro-batch of each
+        group of `accumulate_grad_batches`, and the epoch's last batch."""
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        return (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0 or last
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
-        every, accumulate = self.trainer.log_every_n_steps, self.trainer.accumulate_grad_batches
+        every = self.trainer.log_every_n_steps
         # once an optimizer step: under gradient accumulation its last micro-batch (global_step counts steps)
-        stepping = (batch_idx + 1) % accumulate == 0 or batch_idx + 1 == self.trainer.num_training_batches
-        if self.loggers and every and stepping and self.global_step % every == 0:
+        if self.loggers and every and self._stepping(batch_idx) and self.global_step % every == 0:
             # straight to the loggers: Lightning's self.log costs more than a softmax step
             # the per-example mean, as train/loss is, also when the summed loss drives the update
             per_example = loss.item() / (len(batch[1]) if self.loss_reduction == "sum" else 1)
             step_metrics = {"train/loss_step": per_example, "train/lr_step": self._lr()}
             for logger in self.loggers:
                 logger.log_metrics(step_metrics, step=self.global_step)
+        if not self.automatic_optimization:
+            self.manual_update(loss, batch_idx)
         return loss
+
+    def manual_update(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """The book's loop (d2l 3.4's fit_epoch), in the order and with the arithmetic of Lightning's automatic
+        loop (lightning/pytorch/loops/optimization/automatic.py), so both give the same weights bit for bit:
+        zero the gradients at the first micro-batch of an accumulation, backpropagate the loss divided by
+        `accumulate_grad_batches` (the gradients of the group's batches add up to their mean), then at its last
+        clip the gradients if the Trainer says so, step the optimizer, and step the scheduler when its interval
+        and frequency say (task1.optim.schedule.steps_scheduler: the rule Lightning follows)."""
+        trainer = self.trainer
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        accumulate = trainer.accumulate_grad_batches
+        if self.zeroes_grad and batch_idx % accumulate == 0:
+            optimizer.zero_grad()
+        stepping = self._stepping(batch_idx)
+        with backward_sync(trainer.strategy, block=not stepping):  # one gradient all-reduce per step, not per batch
+            self.manual_backward(loss / accumulate)
+        if not stepping:
+            return
+        if trainer.gradient_clip_val:
+            self.configure_gradient_clipping(optimizer.optimizer, trainer.gradient_clip_val,
+                                             trainer.gradient_clip_algorithm)
+        optimizer.step()
+        last = batch_idx + 1 == trainer.num_training_batches
+        if scheduler is not None and steps_scheduler(self.scheduler_interval, self.scheduler_frequency,
+                                                     self.current_epoch, batch_idx, last):
+            scheduler.step()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

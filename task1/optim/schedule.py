@@ -53,11 +53,14 @@ def optimizer_steps(batches_per_epoch: int, max_epochs: int | None, accumulate: 
 def scheduler_steps(interval: str, frequency: int, batches_per_epoch: int, max_epochs: int | None,
                     accumulate: int = 1, max_steps: int | None = -1) -> int:
     """How many times Lightning calls `scheduler.step()` in the run (at least 1)."""
-    return max(1, sum(_steps_scheduler(interval, frequency, e, b, last) for e, b, last in
+    return max(1, sum(steps_scheduler(interval, frequency, e, b, last) for e, b, last in
                       optimizer_steps(batches_per_epoch, max_epochs, accumulate, max_steps)))
 
 
-def _steps_scheduler(interval: str, frequency: int, epoch: int, batch_idx: int, last: bool) -> bool:
+def steps_scheduler(interval: str, frequency: int, epoch: int, batch_idx: int, last: bool) -> bool:
+    """Whether the scheduler steps after the optimizer step of batch `batch_idx` of `epoch` (both from 0; `last`:
+    the epoch's last batch), as Lightning's fit loop decides (its `_update_learning_rates`); task1's manual loop
+    decides by this too."""
     if interval == "step":
         return (batch_idx + 1) % frequency == 0
     return last and (epoch + 1) % frequency == 0
@@ -76,7 +79,7 @@ def lr_per_step(optimizer, scheduler, interval: str, frequency: int, batches_per
     for epoch, batch_idx, last in optimizer_steps(batches_per_epoch, max_epochs, accumulate, max_steps):
         lrs.append(float(optimizer.param_groups[0]["lr"]))
         optimizer.step()  # no gradients, so no change; schedulers warn when stepped before their optimizer
-        if scheduler is not None and _steps_scheduler(interval, frequency, epoch, batch_idx, last):
+        if scheduler is not None and steps_scheduler(interval, frequency, epoch, batch_idx, last):
             scheduler.step()
     return lrs
 
