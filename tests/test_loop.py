@@ -2,10 +2,12 @@
 
 import json
 
+import lightning as L
 import pytest
 import torch
 
 from task1 import Task1Error
+from task1.core.shortcuts import stop_as_on_sigterm
 from task1.train import train
 
 
@@ -56,3 +58,32 @@ def test_zero_grad_false_with_the_automatic_loop_is_refused_in_one_line(make_cfg
     with pytest.raises(Task1Error, match=r"loop.zero_grad=false is not allowed: expected true with loop=automatic"):
         train(make_cfg("loop.zero_grad=false"))
     assert not (tmp_path / "metrics.json").exists()
+
+
+class StopAfter(L.Callback):
+    """Ends training after batch `batch` of the first epoch as a SIGTERM would (the last.ckpt is written)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == 0 and batch_idx == self.batch:
+            stop_as_on_sigterm(trainer)
+
+
+def test_a_manual_run_stopped_as_on_sigterm_resumes_to_the_uninterrupted_runs_results(make_cfg, tmp_path):
+    overrides = ["loop=manual", "trainer.max_epochs=2", "scheduler=step", "scheduler.interval=step",
+                 "+trainer.accumulate_grad_batches=2", "figures.enabled=false"]
+    whole = train(make_cfg(f"output_dir={tmp_path / 'whole'}", *overrides))
+    run = tmp_path / "stopped"
+    with pytest.raises(Task1Error, match="resume="):
+        train(make_cfg(f"output_dir={run}", *overrides), callbacks=[StopAfter(5)])  # after 3 optimizer steps
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    resumed = train(make_cfg(f"output_dir={run}", f"resume={run}", *overrides))
+    assert resumed["history"] == whole["history"] and resumed["final"] == whole["final"]
+
+
+def test_a_manual_run_that_diverges_stops_at_once(make_cfg):
+    with pytest.raises(Task1Error, match=r"Training diverged: the loss is (nan|inf) in epoch 1"):
+        train(make_cfg("model=linear", "loop=manual", "optimizer.lr=50", "trainer.max_epochs=2"))
