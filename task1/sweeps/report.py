@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from task1 import Task1Error
 from task1.cli import exit_on_error
+from task1.core.trust import read_saved_yaml
 from task1.io import natural_key, write_atomic
 from task1.results import read_run
 from task1.sweeps import seeds
@@ -39,7 +39,7 @@ def read_jobs(sweep: Path) -> list[dict]:
     jobs = []
     for folder in folders:
         name = folder.relative_to(sweep).as_posix()
-        overrides = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides = read_saved_yaml(folder / ".hydra" / "overrides.yaml") or []  # data: a Python tag is refused
         run = read_run(folder)  # no metrics.json: killed (or still running) before it could write one: incomplete
         # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
@@ -79,7 +79,7 @@ def pick_mode(sweep: Path, metric: str | None, mode: str | None) -> str | None:
             raise Task1Error(f"mode={mode} is not allowed: expected max or min (how to rank the jobs by {metric}).")
         return MODES[mode]  # a study's long names too: maximize is max
     path = sweep / "optimization_results.yaml"
-    study = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    study = read_saved_yaml(path) if path.is_file() else {}
     if isinstance(study, dict) and study.get("optimized_metric") == metric and study.get("direction") in MODES:
         return MODES[study["direction"]]
     if metric:

@@ -1,12 +1,16 @@
 """Evaluate a checkpoint on the test (or validation) split with the config of the run that made it.
 
-    task1 eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [key=value ...]
+    task1 eval ckpt_path=<checkpoint> [split=test|val] [out=<folder>] [trust=<module prefix>,...] [key=value ...]
 
 Checkpoints carry their run's resolved config, so nothing else is needed; `key=value` overrides adjust it
 (`paths.data_dir=...` for data that moved, `trainer.accelerator=cpu` for a checkpoint made on a GPU,
 `data.eval_batch_size=...`) and are checked as train checks them. The metrics are printed and written to
 `<out>/<split>.json`, with the prediction grid and confusion matrix as `<out>/<split>_predictions.png` and
 `<out>/<split>_confusion.png`; `out` defaults to `<run folder>/eval/<checkpoint name>/`.
+
+A checkpoint is data: the classes its config names must be task1's, torch's optimizers and schedulers,
+Lightning's callbacks, loggers and plugins, or under a module prefix you trust (`trust=mypkg`, or
+TASK1_TRUST=mypkg); anything else is refused before it is built (docs/errors.md, "What task1 trusts").
 """
 
 import difflib
@@ -19,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, cli
 from task1.core.config import check_values
+from task1.core.trust import check_config, take_trust
 from task1.io import dotted, override_key, write_json
 
 log = logging.getLogger("task1")
@@ -26,15 +31,18 @@ SPLITS = ("test", "val")
 
 
 def run_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
-    """The run's config and the model's state_dict from a task1 checkpoint (no pickled objects are loaded)."""
+    """The run's config and the model's state_dict from a task1 checkpoint (no pickled objects are loaded, and
+    its config is data: what it would build is checked against what task1 trusts first)."""
     from task1.core.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     try:
-        return OmegaConf.create(ckpt["hyper_parameters"]["config"]), ckpt["state_dict"]
+        config, state_dict = ckpt["hyper_parameters"]["config"], ckpt["state_dict"]
     except (KeyError, TypeError):  # another program's checkpoint
         raise Task1Error(f"ckpt_path={ckpt_path} is not a task1 checkpoint (it has no run config). Pass a "
                          f"checkpoint written by python -m task1.train.") from None
+    check_config(config, f"ckpt_path={ckpt_path} (its hyper_parameters.config)")
+    return OmegaConf.create(config), state_dict
 
 
 def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "test",
@@ -51,6 +59,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
 
     if split not in SPLITS:
         raise Task1Error(f"split={split} is not allowed: expected test or val.")
+    overrides = take_trust(list(overrides))  # trust=mypkg: prefixes the user trusts (task1.core.trust)
     cfg, state_dict = run_checkpoint(ckpt_path)
     check_keys(cfg, overrides)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.removeprefix("+") for o in overrides]))
