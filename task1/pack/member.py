@@ -1,0 +1,204 @@
+"""One member of a packed run: a sweep job's net, optimizer, scheduler, batch order, sums and files.
+
+A member is built exactly as the job trained alone builds its system (task1.core.build: the job's seed, then
+`build_system`), so that it starts from the same weights, and it ends by writing what that job writes into its
+own folder: `config_resolved.yaml`, `metrics.json` (with its history), `checkpoints/last.ckpt` and `best.ckpt`,
+its loggers' files (TensorBoard's events and HParams) and its figures. The pack (task1.pack.trainer) owns the loop.
+"""
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from task1 import drawer
+from task1.core.build import build_all, build_system, save_config, set_threads_and_seed, summary_table
+from task1.core.callbacks import DivergedError
+from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
+from task1.core.hparams import log_final
+from task1.core.provenance import provenance
+from task1.core.runs import failure_metrics
+from task1.data.loader import TensorLoader
+from task1.io import write_json
+from task1.models.system import EpochSums
+from task1.optim.schedule import scheduler_steps, with_run_length
+
+log = logging.getLogger("task1")
+PACK_STATE = "pack_state.ckpt"  # checkpoints/<this>: a member's state after its latest epoch, for the pack alone
+
+
+class Member:
+    """A job of the pack: `cfg` is its resolved config (its `output_dir` is its job folder)."""
+
+    def __init__(self, cfg: DictConfig, data, choices: dict | None = None, device: str = "cpu"):
+        self.start, self.origin = time.perf_counter(), provenance()
+        self.cfg, self.out, self.choices = cfg, Path(cfg.output_dir), choices
+        self.out.mkdir(parents=True, exist_ok=True)
+        set_threads_and_seed(cfg)  # the job's seed, then its system: the same initial weights as the job alone
+        self.system = system = build_system(cfg).to(device)  # on its device before its optimizer, as in Lightning
+        save_config(system, cfg, self.out)
+        self.net, self.loss, self.classify = system.net, system.loss, system.classify
+        self.reduction = system.loss_reduction
+        seed = cfg.data.seed if cfg.data.seed is not None else int(torch.randint(0, 2**31, ()))  # as DataModule
+        self.data = data
+        self.loader = TensorLoader(*data.splits["train"], cfg.data.batch_size, shuffle=True, seed=seed)
+        self.max_epochs = int(cfg.trainer.max_epochs)
+        self.optimizer = system.optimizer_fn(system.parameters())
+        self.scheduler, self.interval, self.frequency = None, system.scheduler_interval, system.scheduler_frequency
+        if system.scheduler_fn is not None:
+            steps = lambda: scheduler_steps(self.interval, self.frequency, len(self.loader), self.max_epochs)  # noqa: E731
+            self.scheduler = with_run_length(system.scheduler_fn, steps)(self.optimizer)
+        self.loggers = build_all("logger", cfg.get("logger"))
+        self.log_every = int(cfg.trainer.get("log_every_n_steps") or 0)
+        self.history: list[dict] = []
+        self.sums: dict[str, EpochSums] = {}
+        self.global_step, self.epoch_lr = 0, self.lr()
+        self.monitor, self.mode = system.monitor
+        self.best: float | None = None
+        self.failed: BaseException | None = None
+        self.epochs_done = 0
+        state = self.out / "checkpoints" / PACK_STATE
+        if state.is_file():  # an earlier start of the pack was stopped (the launcher reuses finished members)
+            self.restore(state)
+
+    def restore(self, path: Path) -> None:
+        """Go on from the state a killed pack left at the end of an epoch: the batches of the next epoch follow
+        from the seed and the epoch number, so the member ends exactly where an uninterrupted pack ends it."""
+        checkpoint = load_checkpoint(path)
+        check_compatible(path, checkpoint, self.system)
+        self.system.load_state_dict(checkpoint["state_dict"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
+        self.history, self.global_step = checkpoint["history"], checkpoint["global_step"]
+        self.epochs_done, self.best = checkpoint["packed"]["epochs_done"], checkpoint["packed"]["best"]
+        log.info("%s: resuming after epoch %d (%s)", self.out, self.epochs_done, path)
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # --- the loop's calls, in the order of Lightning's fit loop (task1.optim.schedule's docstring)
+
+    def start_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+        self.sums["train"], self.epoch_lr = EpochSums(), self.lr()
+
+    def add(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """A batch's loss and logits into the `stage` sums (System._step's bookkeeping)."""
+        n = len(y)
+        sums = self.sums.get(stage) or self.sums.setdefault(stage, EpochSums())
+        sums.add(loss, n if self.reduction == "mean" else 1, n, logits if self.classify else None, y)
+
+    def after_step(self, loss: torch.Tensor, batch_idx: int, n: int, epoch: int) -> None:
+        """After the optimizer step: a NaN check (FiniteLoss), the step's log line, a per-step scheduler."""
+        value = loss.item()
+        if not math.isfinite(value):
+            raise DivergedError(epoch, self.global_step, f"the loss is {value}")
+        if self.loggers and self.log_every and self.global_step % self.log_every == 0:
+            per_example = value / (n if self.reduction == "sum" else 1)
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss_step": per_example, "train/lr_step": self.lr()}, step=self.global_step)
+        self.global_step += 1
+        if self.scheduler is not None and self.interval == "step" and (batch_idx + 1) % self.frequency == 0:
+            self.scheduler.step()
+
+    def epoch_metrics(self, stage: str) -> dict[str, float]:
+        loss_sum, correct, n = self.sums.pop(stage).total().tolist()
+        metrics = {f"{stage}/loss": loss_sum / n}
+        if self.classify:
+            metrics[f"{stage}/acc"] = correct / n
+        return metrics
+
+    def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
+        """The epoch's record with its `val` metrics (System.on_train_epoch_end), its log line, the loggers, the
+        checkpoints."""
+        if self.scheduler is not None and self.interval == "epoch" and (epoch + 1) % self.frequency == 0:
+            self.scheduler.step()
+        train = {**self.epoch_metrics("train"), "train/lr": self.epoch_lr}
+        record = {"epoch": epoch + 1, **train, **val}
+        if hasattr(self.net, "get_w_b"):
+            w, b = self.net.get_w_b()
+            record.update(w=w.tolist(), b=b.reshape(-1).tolist())
+        self.history.append(record)
+        for logger in self.loggers:
+            logger.log_metrics({**train, **val, "epoch": epoch}, step=self.global_step)
+        shown = "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
+                          if isinstance(v, float))
+        log.info("%s: epoch %d/%d  %s", self.out.name, epoch + 1, self.max_epochs, shown)
+        value = val.get(self.monitor)
+        if value is not None and (self.best is None or
+                                  (value > self.best if self.mode == "max" else value < self.best)):
+            self.best = value
+            self.save("best.ckpt", epoch)
+        self.epochs_done = epoch + 1
+        self.save(PACK_STATE, epoch)
+
+    def save(self, name: str, epoch: int) -> None:
+        """A checkpoint as Lightning lays one out (what eval, rerun and ckpt_path= read), with the pack's own
+        resume state (`packed`). A pack killed mid-epoch trains that epoch again from its start."""
+        checkpoint = {"epoch": epoch, "global_step": self.global_step, "pytorch-lightning_version": L.__version__,
+                      "state_dict": self.system.state_dict(), "hyper_parameters": dict(self.system.hparams),
+                      "optimizer_states": [self.optimizer.state_dict()],
+                      "lr_schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
+                      "history": self.history, "packed": {"epochs_done": epoch + 1, "best": self.best}}
+        AtomicCheckpointIO().save_checkpoint(checkpoint, self.out / "checkpoints" / name)
+
+    # --- the end
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the member failed (its metrics.json says why); the pack goes on without it."""
+        self.failed = error
+        metrics, _ = failure_metrics(error, self.history, self.cfg.seed, self.out)
+        self.failure = {**metrics, "wall_time_s": round(time.perf_counter() - self.start, 3)}
+        write_json(self.out / "metrics.json", self.failure)
+        log.error("%s: %s", self.out, error)
+
+    def finish(self, test: dict[str, float]) -> dict:
+        """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes."""
+        final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if isinstance(v, float)}
+        final.update(test)
+        metrics = {"status": "completed", "seed": self.cfg.seed, "epochs": len(self.history),
+                   "max_epochs": self.max_epochs, "stopped_early": False,
+                   "wall_time_s": round(time.perf_counter() - self.start, 3), "threads": torch.get_num_threads(),
+                   "final": final, "history": self.history, "provenance": self.origin}
+        if hasattr(self.net, "get_w_b"):
+            w, b = self.net.get_w_b()
+            true_w, true_b = self.data.true_w, self.data.true_b
+            metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b, b_error=true_b - float(b),
+                           w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)])
+        # last.ckpt only now: Lightning would resume a run from it (resume=, a sweep started again), and it cannot
+        # go on from the pack's state; a finished run is never resumed
+        self.save("last.ckpt", len(self.history) - 1)
+        write_json(self.out / "metrics.json", metrics)
+        if (self.cfg.get("figures") or {}).get("enabled"):
+            figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
+            drawer.draw("run_figures", (figures, self.out / "figures"))
+        with _Choices(self.choices):
+            log_final(self.loggers, self.system.hparams["config"], final, self.global_step, self.out / "figures")
+        for logger in self.loggers:
+            logger.finalize("success")
+        log.info("final metrics (%s)\n%s", self.out, summary_table(final))
+        return metrics
+
+
+class _Choices:
+    """The job's Hydra config choices (model=softmax ...) where log_final reads them (HydraConfig), for the block."""
+
+    def __init__(self, choices: dict | None):
+        self.choices = choices
+
+    def __enter__(self) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        self.saved = HydraConfig.instance().cfg
+        if self.choices is not None:
+            HydraConfig.instance().cfg = OmegaConf.create({"hydra": {"runtime": {"choices": self.choices}}})
+
+    def __exit__(self, *exc) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().cfg = self.saved

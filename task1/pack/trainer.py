@@ -1,0 +1,169 @@
+"""Train the members of a pack in one process, one loop: Lightning's fit loop written out once for all of them.
+
+What packing saves is what every job pays alone: the process, the imports, the data set read, Lightning's
+per-step machinery. Two ways to take a step (`stack`):
+
+- "loop": each member's forward, backward and optimizer step in turn, the very operations of the job alone, so a
+  member ends bit for bit where its job ends (the default: on the CPU one bmm over stacked weights costs about
+  what K matmuls cost).
+- "vmap": one batched forward and backward over the members' weights stacked (torch.func.vmap of
+  functional_call; each member's own parameters stay leaf tensors, gathered by torch.stack inside autograd, so
+  each keeps its own real torch optimizer and scheduler). The matmuls are batched, so results agree with the
+  job alone within float rounding, not bit for bit; it is the way for a GPU, where K small matmuls leave it idle.
+
+Each member keeps its own batch order (its seed), optimizer, scheduler, sums and files (task1.pack.member). A
+member whose loss stops being finite is marked failed and leaves the pack; the others go on.
+"""
+
+import contextlib
+import logging
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch.func import functional_call, vmap
+
+from task1 import drawer
+from task1.data.loader import TensorLoader
+from task1.pack.member import Member
+
+log = logging.getLogger("task1")
+STACKS = ("loop", "vmap")
+
+
+def device_of(cfg: DictConfig) -> str:
+    accelerator = str(cfg.trainer.get("accelerator"))
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None, stack: str = "loop") -> list[dict]:
+    """Train the jobs `cfgs` (resolved configs that differ only in packable values: task1.pack.grouping) as one
+    pack; return each one's metrics.json as written (a failed member's says why)."""
+    if stack not in STACKS:
+        raise ValueError(f"stack={stack!r}: expected one of {', '.join(STACKS)}")
+    first, device = cfgs[0], device_of(cfgs[0])
+    data = instantiate(first.data)  # one data set for the pack: members differ in their shuffling seed alone
+    data.prepare()
+    data.setup()
+    data.splits = {k: (X.to(device), y.to(device)) for k, (X, y) in data.splits.items()}
+    if (first.get("figures") or {}).get("enabled"):
+        drawer.start()
+    members = []
+    for cfg, chosen in zip(cfgs, choices or [None] * len(cfgs), strict=True):
+        members.append(Member(cfg, data, chosen, device))
+    with _deterministic(all(cfg.seed is not None for cfg in cfgs)):
+        fit(members, data, stack)
+    results = []
+    for member in members:
+        if member.failed is not None:
+            results.append(member.failure)
+            continue
+        try:
+            test = evaluate([member], data.splits["test"], first.data.eval_batch_size, stack, "test")[0]
+            results.append(member.finish(test))
+        except Exception as e:  # this member's files: the others still end
+            member.fail(e)
+            results.append(member.failure)
+    return results
+
+
+@contextlib.contextmanager
+def _deterministic(on: bool):
+    """What Lightning's Trainer(deterministic=True) does for a seeded run, for the pack's loop."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(on)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def fit(members: list[Member], data, stack: str) -> None:
+    """Every epoch of every member; a member that fails leaves the pack at once."""
+    max_epochs = max(m.max_epochs for m in members)
+    eval_batch_size = members[0].cfg.data.eval_batch_size
+    for epoch in range(min(m.epochs_done for m in members), max_epochs):
+        active = [m for m in members if m.failed is None and m.epochs_done <= epoch]
+        if not active:
+            break
+        for m in active:
+            m.start_epoch(epoch)
+        running = [(m, iter(m.loader)) for m in active]
+        for batch_idx in range(len(active[0].loader)):
+            batches = [next(it) for _, it in running]
+            step = _loop_step if stack == "loop" else _vmap_step
+            failed = step([m for m, _ in running], batches, batch_idx, epoch)
+            if failed:
+                running = [(m, it) for m, it in running if m not in failed]
+        active = [m for m, _ in running]
+        val = evaluate(active, data.splits["val"], eval_batch_size, stack, "val")
+        for m, metrics in zip(active, val, strict=True):
+            try:
+                m.end_epoch(epoch, metrics)
+            except Exception as e:
+                m.fail(e)
+
+
+def _loop_step(members: list[Member], batches: list, batch_idx: int, epoch: int) -> list[Member]:
+    """One training step of each member in turn: Lightning's automatic optimization, operation for operation."""
+    failed = []
+    for m, (X, y) in zip(members, batches, strict=True):
+        try:
+            y_hat = m.net(X)
+            loss = m.loss(y_hat, y, reduction=m.reduction)
+            m.add("train", loss, y_hat, y)
+            m.optimizer.zero_grad()
+            loss.backward()
+            m.optimizer.step()
+            m.after_step(loss, batch_idx, len(y), epoch)
+        except Exception as e:
+            m.fail(e)
+            failed.append(m)
+    return failed
+
+
+def _stacked(members: list[Member]) -> dict[str, torch.Tensor]:
+    """The members' parameters, stacked: (K, *shape) each, still connected to each member's own leaves."""
+    names = [n for n, _ in members[0].net.named_parameters()]
+    own = [dict(m.net.named_parameters()) for m in members]
+    return {n: torch.stack([p[n] for p in own]) for n in names}
+
+
+def _vmap_step(members: list[Member], batches: list, batch_idx: int, epoch: int) -> list[Member]:
+    """One step of all the members at once: a batched forward and backward, then each member's own optimizer."""
+    net, loss_fn, reduction = members[0].net, members[0].loss, members[0].reduction
+    X = torch.stack([b[0] for b in batches])  # (K, n, ...)
+    y = torch.stack([b[1] for b in batches])  # (K, n)
+    y_hat = vmap(lambda p, X: functional_call(net, p, (X,)))(_stacked(members), X)  # (K, n, outputs)
+    losses = vmap(lambda y_hat, y: loss_fn(y_hat, y, reduction=reduction))(y_hat, y)  # (K,)
+    for m in members:
+        m.optimizer.zero_grad()
+    losses.sum().backward()  # each member's gradient is its own loss's: the sum only joins the graphs
+    failed = []
+    for k, m in enumerate(members):
+        try:
+            m.optimizer.step()
+            m.add("train", losses[k], y_hat[k], y[k])
+            m.after_step(losses[k], batch_idx, len(y[k]), epoch)
+        except Exception as e:
+            m.fail(e)
+            failed.append(m)
+    return failed
+
+
+@torch.no_grad()
+def evaluate(members: list[Member], split: tuple, batch_size: int, stack: str, stage: str) -> list[dict]:
+    """Each member's loss (and accuracy) on `split`, as System's validation and test steps sum them."""
+    if not members:
+        return []
+    for X, y in TensorLoader(*split, batch_size):
+        if stack == "loop":
+            for m in members:
+                y_hat = m.net(X)
+                m.add(stage, m.loss(y_hat, y, reduction=m.reduction), y_hat, y)
+            continue
+        net, loss_fn, reduction = members[0].net, members[0].loss, members[0].reduction
+        y_hat = vmap(functional_call, in_dims=(None, 0, None))(net, _stacked(members), (X,))  # (K, n, outputs)
+        for k, m in enumerate(members):
+            m.add(stage, loss_fn(y_hat[k], y, reduction=reduction), y_hat[k], y)
+    return [m.epoch_metrics(stage) for m in members]
