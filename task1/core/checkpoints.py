@@ -2,6 +2,7 @@
 
 import pickle
 import re
+import time
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,15 @@ class LastCheckpoint(Checkpoint):
 
     def __init__(self, path: Path, every_n_steps: int | None = 100):
         self.path, self.every_n_steps = Path(path), every_n_steps
+        self.started, self.before = time.perf_counter(), 0.0  # before: the earlier starts' time, when resuming
+
+    @property
+    def wall_time_s(self) -> float:
+        """The run's time through all its starts: each start counted up to the checkpoint the next resumed from."""
+        return self.before + time.perf_counter() - self.started
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self.before = float(checkpoint.get("wall_time_s", 0.0))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         last_of_epoch = batch_idx + 1 >= trainer.num_training_batches  # the epoch-end save follows
@@ -46,6 +56,7 @@ class LastCheckpoint(Checkpoint):
         if bad:
             raise DivergedError(trainer.current_epoch, trainer.global_step,
                                 f"the weights {', '.join(bad)} are not finite")
+        checkpoint["wall_time_s"] = self.wall_time_s
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -1,8 +1,10 @@
 """Run folders: never overwrite a finished run, resume a stopped one as it was, and record why a run stopped."""
 
+import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
-from task1 import Task1Error, first_line
+from task1 import Task1Error, error_line, first_line
 from task1.io import dotted, write_json
 from task1.results import METRICS, read_run
 
@@ -116,17 +118,68 @@ def _stopped_by_signal(error: BaseException) -> bool:
                                              and isinstance(error, lightning_errors.SIGTERMException))
 
 
+def task1_command() -> str:
+    """`task1` as this user can type it: by its path where the venv that runs this is not active (the system's
+    python has no task1), `python -m task1` where no script was installed."""
+    script, on_path = Path(sys.executable).parent / "task1", shutil.which("task1")
+    if on_path and script.exists() and os.path.samefile(on_path, script):
+        return "task1"
+    return str(script) if script.exists() else f"{sys.executable} -m task1"
+
+
+def resume_command(out: Path) -> str:
+    """The command that goes on with the run in `out`: `task1 train resume=<out>`; for a sweep's job, the sweep's
+    (`resume=<sweep folder>`: the sweep goes on where it stopped, this job with it)."""
+    out = Path(out).absolute()
+    sweep = out.parent if (out.parent / "multirun.yaml").is_file() else None
+    return f"{task1_command()} train resume={sweep or out}"
+
+
+def _no_space(error: BaseException) -> OSError | None:
+    """The full disk (or quota) behind `error`, wherever it surfaced: torch's checkpoint writer, for one, raises
+    its own RuntimeError ("unexpected pos") with the OSError only as its context."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _device(path: Path) -> str:
+    """The device (and mount point) that holds `path`, from /proc/self/mounts; the path itself where unknown."""
+    path, best = Path(path).absolute(), None
+    try:
+        mounts = [line.split()[:2] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return str(path)
+    for device, point in mounts:
+        point = point.replace("\\040", " ")
+        if path.is_relative_to(point) and (best is None or len(point) >= len(best[1])):
+            best = (device, point)
+    return f"{best[0]} (mounted at {best[1]})" if best else str(path)
+
+
 def failure_metrics(error: BaseException, history: list, seed: int | None,
                     out: Path) -> tuple[dict, Task1Error | None]:
     """metrics.json for a run that stopped early, and the Task1Error to raise instead of `error` (None: re-raise)."""
     replacement = None
+    full = _no_space(error) if not isinstance(error, Task1Error) else None
     if isinstance(error, Task1Error):
         status, reason = "failed", str(error)
     elif _stopped_by_signal(error):
         status = "interrupted"
         reason = (f"Stopped by a signal during epoch {len(history) + 1} (checkpoints/last.ckpt holds the latest "
-                  f"state). Continue with: python -m task1.train resume={out}")
+                  f"state). Continue with: {resume_command(out)}")
         replacement = InterruptedRunError(reason)
+    elif full is not None:  # a checkpoint, a log or a figure could not be written; the earlier files are whole
+        cause = error_line(error) + (f"; caused by {error_line(full)}" if full is not error else "")
+        then = (f"then go on with: {resume_command(out)}" if (out / "checkpoints" / "last.ckpt").is_file() else
+                "then start it again")
+        status = "failed"
+        reason = f"no space left on {_device(out)} while writing into {out}: free space there, {then} ({cause})"
+        replacement = Task1Error(reason)
     else:
         status, reason = "failed", f"{type(error).__name__}: {error}"
     metrics = {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {},
