@@ -9,13 +9,16 @@ log folder (an event file of its own, beside the logger's: TensorBoard reads eve
 One drawer per process, started with the first run that draws and kept for the process's life, so that a sweep
 pays for its start once. A single run waits for its figures at its end (`settle`); a sweep's job does not, the
 next job trains while they are drawn, and the process waits for all of them when it exits. Where the drawer
-cannot start or dies, the figures are drawn in the run's own process, as before.
+cannot start, dies, or hangs (no answer for QUIET_S seconds while figures wait: it is killed), the figures it was
+given are drawn in the run's own process: none is lost, and no wait is without end.
 """
 
 import atexit
+import collections
 import contextlib
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -33,6 +36,9 @@ from task1 import error_line
 
 log = logging.getLogger("task1")
 Board = tuple[str, str, int]  # a TensorBoard log folder, the image's tag, its step
+# seconds without an answer from the drawer, while figures wait, after which it is taken to hang (a figure takes
+# 60-90 ms, the drawer's start a few seconds): it is killed and what it was given is drawn in the run's process
+QUIET_S = 120.0
 
 
 def draw_one(name: str, args: tuple, path: str | None, boards: list[Board], events: dict) -> None:
@@ -139,7 +145,11 @@ def decode(stream) -> tuple | None:
 
 
 class Drawer:
-    """The client: `draw` hands a figure over, `wait` returns once every figure handed over is on disk."""
+    """The client: `draw` hands a figure over, `wait` returns once every figure handed over is on disk.
+
+    Every figure handed over is kept until the drawer answers for it, so that none is lost: where the drawer dies,
+    or gives no answer for `QUIET_S` seconds while figures wait (it hangs: it is killed), `wait` draws those
+    left in this process."""
 
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[1])  # also when task1 runs from a checkout
@@ -147,7 +157,10 @@ class Drawer:
                                                            if p)}
         self.process = subprocess.Popen([sys.executable, "-m", "task1.drawer"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env)
-        self.pending, self.alive = 0, True
+        self.alive, self.heard = True, time.monotonic()  # when the drawer last answered (or was given work idle)
+        self.pending: dict[int, tuple] = {}  # handed over, not answered yet, by number (in the order handed over)
+        self.sent: collections.deque[int] = collections.deque()  # written to the drawer, in order: its answers'
+        self.numbers = itertools.count()
         self.lock = threading.Condition()
         self.outbox: queue.Queue = queue.Queue()  # handed over at once: a full pipe would hold the run up
         threading.Thread(target=self._send, name="task1-drawer-send", daemon=True).start()
@@ -156,13 +169,16 @@ class Drawer:
         atexit.register(self.close)
 
     def _send(self) -> None:
-        while (item := self.outbox.get()) is not None:
+        while (entry := self.outbox.get()) is not None:
+            number, item = entry
             try:
                 data = encode(item)
             except (TypeError, ValueError) as e:  # a figure of data the pipe cannot carry: that one is lost
                 log.warning("a figure could not be handed to the drawer: %s", error_line(e))
-                self._done()
+                self._answered(number)
                 continue
+            with self.lock:
+                self.sent.append(number)
             try:
                 self.process.stdin.write(data)
                 self.process.stdin.flush()
@@ -171,10 +187,11 @@ class Drawer:
         with contextlib.suppress(OSError):
             self.process.stdin.close()
 
-    def _done(self) -> None:
-        """One figure handed over is drawn, or lost."""
+    def _answered(self, number: int) -> None:
+        """A figure handed over is drawn (or failed, or could not be sent)."""
         with self.lock:
-            self.pending -= 1
+            self.pending.pop(number, None)
+            self.heard = time.monotonic()
             self.lock.notify_all()
 
     def _replies(self) -> None:
@@ -182,11 +199,11 @@ class Drawer:
             reply = line.decode().strip()
             if reply != "ok":
                 log.warning("a figure could not be drawn: %s", reply)
-            self._done()
-        with self.lock:  # the drawer ended: nothing more will come
-            if self.pending > 0:
-                log.warning("the figure drawer ended with %d figure(s) not drawn", self.pending)
-            self.alive, self.pending = False, 0
+            with self.lock:
+                number = self.sent.popleft()
+            self._answered(number)
+        with self.lock:  # the drawer ended: nothing more will come; what it did not draw, `wait` draws here
+            self.alive = False
             self.lock.notify_all()
 
     def draw(self, item: tuple) -> bool:
@@ -194,28 +211,68 @@ class Drawer:
         with self.lock:
             if not self.alive:
                 return False
-            self.pending += 1
-        self.outbox.put(item)
+            if not self.pending:
+                self.heard = time.monotonic()  # the time without an answer counts from here
+            number = next(self.numbers)
+            self.pending[number] = item
+        self.outbox.put((number, item))
         return True
 
-    def wait(self) -> None:
+    def wait(self, quiet_s: float | None = None) -> None:
+        """Return once every figure handed over is on disk: drawn by the drawer, or here where it died or gave no
+        answer for `quiet_s` seconds (QUIET_S by default) while figures waited (it is killed)."""
+        quiet_s = QUIET_S if quiet_s is None else quiet_s
         with self.lock:
-            self.lock.wait_for(lambda: self.pending <= 0)
+            while self.pending and self.alive and (left := quiet_s - (time.monotonic() - self.heard)) > 0:
+                self.lock.wait(left)
+            hung = bool(self.pending) and self.alive
+        if hung:
+            log.warning("the figure drawer gave no answer for %.0f s: it is stopped, and the %d figure(s) it was "
+                        "given are drawn here", quiet_s, len(self.pending))
+            self.process.kill()
+            self.replies.join()  # its output ends: it is marked dead
+        with self.lock:
+            left = [] if self.alive else list(self.pending.values())
+            if left:
+                self.pending.clear()
+        if left:
+            log.warning("the figure drawer ended with %d figure(s) not drawn: they are drawn here", len(left))
+            draw_here(left)
 
     def close(self) -> None:
         self.wait()
-        self.outbox.put(None)
-        self.process.wait()
+        self.outbox.put(None)  # the drawer ends at the end of its input
+        try:
+            self.process.wait(timeout=QUIET_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self.replies.join()
 
 
 _drawer: Drawer | None = None
 
 
+def draw_here(items: list[tuple]) -> None:
+    """Draw `items` (see `draw_one`) in this process; a figure that fails is logged, the others still drawn."""
+    events: dict = {}
+    try:
+        for item in items:
+            try:
+                draw_one(*item, events)
+            except Exception as e:
+                log.warning("a figure could not be drawn: %s for %s: %s", item[0], item[2] or item[1][-1],
+                            error_line(e))
+    finally:
+        close(events)
+
+
 def start() -> None:
     """Start this process's drawer now (it imports matplotlib while the run trains)."""
     global _drawer
     if _drawer is None or not _drawer.alive:
+        if _drawer is not None:
+            _drawer.wait()  # what the dead one left is drawn here first
         try:
             _drawer = Drawer()
         except OSError as e:
@@ -227,9 +284,7 @@ def draw(name: str, args: tuple, path: Path | None = None, boards: list[Board] |
     start()
     item = (name, args, None if path is None else str(path), list(boards))
     if _drawer is None or not _drawer.draw(item):
-        events: dict = {}
-        draw_one(*item, events)
-        close(events)
+        draw_here([item])
 
 
 def settle() -> None:

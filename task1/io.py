@@ -2,13 +2,16 @@
 dotted keys."""
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
+import secrets
 import socket
-import tempfile
+import stat
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,21 +26,33 @@ def atomic_open(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
     The data goes to a temporary file of a unique name in the same folder (so two writers never share one, and
     the rename never crosses file systems), is flushed and fsynced, then renamed over `path`: a crash leaves the
-    old file or the new one, never half of one. On an error the temporary file is removed.
+    old file or the new one, never half of one. On an error the temporary file is removed. The file gets the
+    mode any new file gets here (0666 less the umask: a user with umask 077 keeps results to themselves).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _new_file(folder: Path, prefix: str, suffix: str) -> tuple[int, Path]:
+    """A new file of a unique name in `folder`, made by this call (O_EXCL: never a link or another's file), with
+    the umask's mode (tempfile.mkstemp would make it 0600 whatever the umask)."""
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {folder}")
 
 
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
@@ -60,15 +75,48 @@ def read_json(path: str | os.PathLike) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+# The one lock of task1, for every "is this folder held" question: an open file description lock (Linux's
+# F_OFD_* fcntl commands), a byte-range lock over the whole file. Unlike flock, NFS takes it on the server (flock is
+# emulated there with byte-range locks, which need a descriptor open for writing: every lock file is opened
+# read-write); unlike lockf's POSIX locks, it belongs to the open file, not the process, so another open of the
+# file in the same process meets it, and closing that other descriptor does not drop it. It ends with the
+# descriptor's last close, so with the process however that ends: a killed run leaves no stale lock.
+FLOCK = "hhqqi4x"  # struct flock: l_type, l_whence, l_start, l_len (0: to the end), l_pid (0 for OFD locks)
+
+
+def _lock(fd: int, command: int, kind: int = fcntl.F_WRLCK) -> int:
+    """fcntl(fd, command) for the whole file; returns the lock type the kernel answers (F_OFD_GETLK: F_UNLCK where
+    nothing would conflict)."""
+    return struct.unpack(FLOCK, fcntl.fcntl(fd, command, struct.pack(FLOCK, kind, os.SEEK_SET, 0, 0, 0)))[0]
+
+
+def _open_lock(path: Path, create: bool = True) -> int:
+    """The lock file `path` opened read-write; never through a symbolic link (a link planted in a shared folder
+    would have the holder truncate whatever file it points to), never a file of another kind or of two names."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o666)
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise Task1Error(f"{path} is a symbolic link, not a lock file task1 made: remove it, then run this "
+                         f"again.") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise Task1Error(f"{path} is not a lock file task1 made (a special file, or a file of several names): "
+                         f"remove it, then run this again.")
+    return fd
+
+
 @contextlib.contextmanager
 def locked(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive lock on the file `path` for the block, waited for (flock: it ends with the process)."""
+    """An exclusive lock on the file `path` for the block, waited for (see FLOCK)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(path)
     try:
         with contextlib.suppress(OSError):  # a file system without locks: unguarded, as `hold` is
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd, fcntl.F_OFD_SETLKW)
         yield
     finally:
         os.close(fd)
@@ -80,20 +128,20 @@ class FolderInUseError(Task1Error):
 
 @contextlib.contextmanager
 def hold(folder: str | os.PathLike) -> Iterator[None]:
-    """Keep `folder` to this process for the block: an exclusive lock on `<folder>/.lock`, which names the holder.
+    """Keep `folder` to this process for the block: an exclusive lock (see FLOCK) on `<folder>/.lock`, which names
+    the holder.
 
-    A second process that asks for the folder meanwhile gets FolderInUseError at once, naming the holder, instead of
-    training into the same files. The lock is the kernel's (flock; on NFS the client takes it on the server), so
-    it ends with the process however that ends: a killed run leaves no stale lock. The file stays. Where the file
-    system has no locks, the block runs unguarded, with a warning.
+    A second process (or a second `hold` in this one) that asks for the folder meanwhile gets FolderInUseError at
+    once, naming the holder, instead of training into the same files. The file stays. Where the file system has
+    no locks, the block runs unguarded, with a warning.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(folder / ".lock")
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            _lock(fd, fcntl.F_OFD_SETLK)
+        except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: another open file holds the lock
             holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
             raise FolderInUseError(f"{folder} is in use by {holder}: wait for it to end (or stop it), then run this "
                                    f"again.") from None
@@ -109,6 +157,22 @@ def hold(folder: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
+def held(folder: str | os.PathLike) -> bool:
+    """Whether a live process holds `folder` (see `hold`). The lock is tested, not taken (F_OFD_GETLK), so that
+    the question never makes a process that takes the lock at that moment fail; on a descriptor open for writing,
+    as NFS needs. A folder without a lock file, or with one that is not task1's, is held by no one."""
+    try:
+        fd = _open_lock(Path(folder) / ".lock", create=False)
+    except (OSError, Task1Error):
+        return False
+    try:
+        return _lock(fd, fcntl.F_OFD_GETLK) != fcntl.F_UNLCK
+    except OSError:  # a file system without locks: nothing is held there (`hold` goes on unguarded)
+        return False
+    finally:
+        os.close(fd)
+
+
 def slurm_job_id() -> str | None:
     """The SLURM job this process runs in, as squeue and scontrol name it (`<array>_<index>` in an array)."""
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
@@ -120,9 +184,15 @@ def slurm_job_id() -> str | None:
 def holder(folder: str | os.PathLike) -> str:
     """What `<folder>/.lock` says of the process that holds (or last held) the folder."""
     try:
-        return (Path(folder) / ".lock").read_text().strip()
+        fd = os.open(Path(folder) / ".lock", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        return os.read(fd, 300).decode(errors="replace").strip()
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def override_key(override: str) -> str:

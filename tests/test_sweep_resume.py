@@ -309,10 +309,10 @@ def test_a_folder_on_a_file_system_without_locks_is_used_with_a_warning(tmp_path
     import errno
     import fcntl
 
-    def no_locks(fd, operation):
+    def no_locks(fd, command, arg=0):
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
-    monkeypatch.setattr(fcntl, "flock", no_locks)  # what an NFS mount without its lock service answers
+    monkeypatch.setattr(fcntl, "fcntl", no_locks)  # what an NFS mount without its lock service answers
     with hold(tmp_path / "run"):
         (tmp_path / "run" / "metrics.json").write_text("{}")
     assert f"{tmp_path / 'run'} cannot be locked here (No locks available)" in caplog.text

@@ -15,7 +15,6 @@ The resolver runs in whatever process runs the job (the sweep's own, a joblib wo
 whose task function every such process unpickles, registers it when it is imported (`register_resolver`).
 """
 
-import fcntl
 import itertools
 import logging
 import os
@@ -30,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from task1 import Task1Error, first_line
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
-from task1.io import locked, read_json, write_json
+from task1.io import held, locked, read_json, write_json  # held: task1.io's, the one lock test
 from task1.results import read_run
 from task1.sweeps.context import is_search
 
@@ -111,23 +110,6 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
 def register_resolver() -> None:
     """Make `${task1.job_folder:}` (hydra.sweep.subdir in conf/hydra/default.yaml) resolve in this process."""
     OmegaConf.register_new_resolver(RESOLVER, _resolve_job_folder, replace=True)
-
-
-def held(folder: Path) -> bool:
-    """Whether a live process holds `folder` (task1.io.hold's lock): its job is under way elsewhere."""
-    try:
-        fd = os.open(folder / ".lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # closing the descriptor releases a lock taken here
-    return False
 
 
 def read_metrics(folder: Path) -> dict:

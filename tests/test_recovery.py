@@ -1,0 +1,150 @@
+"""Nothing lost: the folder lock (one primitive, tested not taken by a probe, never through a link), files that
+respect the umask, and a figure drawer that hangs or dies."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from task1 import Task1Error, drawer
+from task1.io import FolderInUseError, hold, locked, write_atomic, write_json
+from task1.sweeps.folders import held  # task1.io.held, as the sweeps ask it
+
+HOLD = ("import sys, time\nfrom task1.io import hold\n"
+        "with hold(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)")
+# takes and releases the folder `n` times, as jobs starting one after the other do; prints how often it was refused
+TAKE = ("import sys\nfrom task1.io import FolderInUseError, hold\nrefused = 0\n"
+        "for _ in range(int(sys.argv[2])):\n    try:\n        with hold(sys.argv[1]):\n            pass\n"
+        "    except FolderInUseError:\n        refused += 1\nprint(refused)")
+NAMES = [f"class {i}" for i in range(10)]
+
+
+def test_a_lock_is_tested_on_a_writable_descriptor_and_met_by_every_other_open(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    opened = []
+    real_open = os.open
+
+    def spy(path, flags, *args, **kwargs):  # the real open, recording how each lock file is opened
+        if str(path).endswith("lock"):
+            opened.append(flags & os.O_ACCMODE)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    assert not held(run)  # no lock file yet
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert held(run)  # a lock another process took through the same primitive
+        with pytest.raises(FolderInUseError, match=f"process {holder.pid} "), hold(run):
+            pass
+        assert held(run)  # the refused open, closed again, did not drop the holder's lock
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    assert not held(run)  # killed: the kernel let its lock go
+    with hold(run):
+        assert held(run)  # a second open in the holding process meets the lock too (NFS, and a sweep's jobs)
+        with pytest.raises(FolderInUseError, match=f"process {os.getpid()} "), hold(run):
+            pass
+        assert held(run)
+    with locked(tmp_path / ".claims.lock"):
+        pass
+    # NFS emulates locks with byte-range locks, which it grants only on a descriptor open for writing
+    assert opened and all(mode == os.O_RDWR for mode in opened), opened
+
+
+def test_the_lock_test_never_makes_a_process_that_takes_the_lock_fail(tmp_path):
+    # a sweep asks whether a job's folder is held while the job may be taking its lock at that very moment
+    run = tmp_path / "run"
+    with hold(run):
+        pass
+    taker = subprocess.Popen([sys.executable, "-c", TAKE, str(run), "3000"], cwd=ROOT, stdout=subprocess.PIPE,
+                             text=True)
+    probes = 0
+    while taker.poll() is None:
+        held(run)
+        probes += 1
+    assert taker.returncode == 0 and probes > 100
+    assert taker.stdout.read().strip() == "0", "a test of the lock made the process taking it fail"
+
+
+def test_a_lock_file_is_never_opened_through_a_link(tmp_path):
+    # someone plants .lock -> a file the victim can write, in a folder the victim will hold
+    victim = tmp_path / "thesis.tex"
+    victim.write_text("years of work")
+    for folder in (tmp_path / "run", tmp_path / "sweep"):
+        folder.mkdir()
+        (folder / ".lock").symlink_to(victim)
+    with pytest.raises(Task1Error, match="is a symbolic link, not a lock file task1 made: remove it"), \
+            hold(tmp_path / "run"):
+        pass
+    with pytest.raises(Task1Error, match="symbolic link"), locked(tmp_path / "sweep" / ".lock"):
+        pass
+    assert not held(tmp_path / "run")
+    os.link(victim, tmp_path / "hard")  # a second name of the victim's file: not a lock file either
+    (tmp_path / "other").mkdir()
+    os.link(victim, tmp_path / "other" / ".lock")
+    with pytest.raises(Task1Error, match="not a lock file task1 made"), hold(tmp_path / "other"):
+        pass
+    assert victim.read_text() == "years of work"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o077, 0o600), (0o022, 0o644), (0o002, 0o664)])
+def test_files_written_atomically_respect_the_umask(tmp_path, umask, mode):
+    before = os.umask(umask)
+    try:
+        write_atomic(tmp_path / "figure.png", b"png")
+        write_json(tmp_path / "metrics.json", {"status": "completed"})
+        with hold(tmp_path):
+            pass
+    finally:
+        os.umask(before)
+    for name in ("figure.png", "metrics.json", ".lock"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def figure(path) -> tuple:
+    return "confusion_figure", (np.eye(10, dtype=np.int64) * 5 + 1, NAMES, "val"), str(path), []
+
+
+def waited(client: drawer.Drawer, **kwargs) -> None:
+    """client.wait(), which must return: a hang fails the test (after 5 minutes) instead of holding it forever."""
+    waiting = threading.Thread(target=client.wait, kwargs=kwargs, daemon=True)
+    waiting.start()
+    waiting.join(timeout=300)
+    assert not waiting.is_alive(), "the wait for the figures never ended"
+
+
+@pytest.mark.slow
+def test_a_drawer_that_hangs_is_stopped_and_its_figures_drawn_here(tmp_path, caplog):
+    client = drawer.Drawer()
+    os.kill(client.process.pid, signal.SIGSTOP)  # it hangs: alive, and no answer ever comes
+    try:
+        for name in ("a", "b"):
+            assert client.draw(figure(tmp_path / f"{name}.png"))
+        waited(client, quiet_s=2)
+    finally:
+        os.kill(client.process.pid, signal.SIGCONT)
+    assert client.process.poll() is not None and not client.alive  # stopped for good
+    assert (tmp_path / "a.png").stat().st_size > 0 and (tmp_path / "b.png").stat().st_size > 0
+    assert "gave no answer for 2 s" in caplog.text
+    client.close()  # at exit: nothing left, nothing to wait for
+
+
+@pytest.mark.slow
+def test_a_drawer_that_dies_leaves_its_figures_to_the_run(tmp_path):
+    client = drawer.Drawer()
+    os.kill(client.process.pid, signal.SIGSTOP)  # the figures wait in it, unanswered, when it is killed
+    for name in ("a", "b", "c"):
+        assert client.draw(figure(tmp_path / f"{name}.png"))
+    client.process.kill()
+    client.process.wait(timeout=60)
+    waited(client)
+    assert not client.alive and not client.draw(figure(tmp_path / "d.png"))
+    assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in "abc")
