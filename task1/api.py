@@ -41,18 +41,50 @@ from task1.io import hold, write_json
 from task1.results import read_run
 
 log = logging.getLogger("task1")
+PathLike = str | os.PathLike
 
 
-def compose(*overrides: str, config_name: str = "config") -> DictConfig:
+def compose(*overrides: str, config_name: str = "config", config_dir: PathLike | Sequence[PathLike] = ()) -> DictConfig:
     """The config `python -m task1.train <overrides>` composes (config_name: `show`, `lr_schedule` for those
-    tools), with its `hydra` node: where the run folder goes, the choices and overrides a run records."""
+    tools), with its `hydra` node: where the run folder goes, the choices and overrides a run records.
+    `config_dir`: folders of configs of your own searched after task1's (`--config-dir`), e.g. a model/ of yours."""
+    return _compose(CONF, config_name, [*_search_path(config_dir), *overrides])
+
+
+def _compose(primary: Path, config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's compose from the config folder `primary`; its mistakes as a Task1Error of one line."""
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
     backup = get_gh_backup()  # a notebook may be inside a Hydra initialize() of its own
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF), job_name="train", version_base="1.3"):
+        with initialize_config_dir(config_dir=str(primary), job_name="train", version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    except MissingConfigException as e:
+        group, _, name = (e.missing_cfg_file or config_name).rpartition("/")
+        if not e.options:
+            raise Task1Error(f"{e.missing_cfg_file}: no such config in {primary}.") from None
+        raise Task1Error(f"{group}={name}: {group} has no option {name}; choose one of {', '.join(e.options)} "
+                         f"(or add {group}/{name}.yaml to a config_dir= of yours).") from None
+    except (HydraException, OmegaConfBaseException) as e:  # an unknown key, a syntax error: Hydra's words, one line
+        lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(("See ", "\t"))]
+        where = f"{e.override}: " if isinstance(e, OverrideParseException) else ""
+        raise Task1Error(where + " ".join(lines)) from None
     finally:
         restore_gh_from_backup(backup)
+
+
+def _search_path(config_dir: PathLike | Sequence[PathLike]) -> list[str]:
+    """`config_dir=` as the `hydra.searchpath=[...]` override that `--config-dir` amounts to."""
+    from task1.cli import searchpath_override
+
+    folders = [config_dir] if isinstance(config_dir, str | os.PathLike) else list(config_dir)
+    for folder in folders:
+        if not Path(folder).is_dir():
+            raise Task1Error(f"config_dir={folder} is not a folder: pass the folder that holds your config "
+                             f"groups (model/, data/, ...).")
+    return searchpath_override([f"file://{Path(f).resolve()}" for f in folders])
 
 
 @dataclass
@@ -93,26 +125,61 @@ def load(folder: str | os.PathLike) -> Result:
     return Result(run.folder, run.data)
 
 
-def train(*cfg_or_overrides: DictConfig | str) -> Result:
-    """Train a config from `compose` (or Hydra's own compose), or the one these overrides compose."""
-    cfg = _full(cfg_or_overrides)
+def train(*cfg_or_overrides: DictConfig | str, config_dir: PathLike | Sequence[PathLike] = ()) -> Result:
+    """Train a config from `compose` (or Hydra's own compose), or the one these overrides compose (with the
+    config groups of your own in `config_dir`, as `compose` takes them)."""
+    cfg = _full(cfg_or_overrides, config_dir=config_dir)
     return _train(cfg, _run_folder(cfg, "run"))
 
 
-def sweep(*overrides: str) -> list[Result]:
+def rerun(folder: PathLike, *overrides: str, config_dir: PathLike | Sequence[PathLike] = ()) -> Result:
+    """`task1 rerun <folder> [overrides]`: a run trained again from its saved config, into a new run folder;
+    overrides that choose a config option (`model=mlp`) compose the run's overrides afresh from task1's configs
+    and the run's own config folders (or `config_dir`, which replaces them)."""
+    from task1.cli import rerun_main_argv
+
+    given = [*_search_path(config_dir), *overrides]
+    flags = [o for o in overrides if o.startswith("-")]
+    if flags:
+        raise Task1Error(f"{' '.join(flags)}: rerun() takes overrides (key=value); use sweep() for several runs.")
+    args = rerun_main_argv(["rerun", str(folder), *given])[1:]
+    if args[:1] == ["--config-path"]:  # the run's saved config, as the command line composes it
+        cfg = _compose(Path(args[1]), args[3], args[4:])
+    else:
+        cfg = _compose(CONF, "config", args)
+    return _train(cfg, _run_folder(cfg, "run"))
+
+
+def evaluate(ckpt_path: PathLike, *overrides: str, split: str = "test", out: PathLike | None = None) -> dict:
+    """`task1 eval ckpt_path=... [split=val] [overrides]`: the checkpoint's model scored on its run's test (or
+    validation) split; writes `<split>.json`, the prediction grid and the confusion matrix into `out` (default
+    `<run>/eval/<checkpoint name>/`) and returns the metrics ({"test/loss": ..., "test/acc": ...})."""
+    from task1.tools import eval as tool
+
+    path = Path(ckpt_path)
+    with _as_found():
+        return tool.evaluate(path, list(overrides), split, Path(out) if out else tool.default_out(path))
+
+
+def sweep(*overrides: str, config_dir: PathLike | Sequence[PathLike] = ()) -> list[Result]:
     """One run per combination of the swept values (`optimizer.lr=0.03,0.1 seed=0,1,2`, Hydra's syntax), one
     after the other into `<paths.output_dir>/multiruns/<date>_<time>/<job>/`, then the sweep report there
     (summary.md, summary.csv, summary.png). Every job's config is checked before the first one trains; a run
     that fails while training (it diverged) is recorded as failed, and the others go on."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as e:
+        raise Task1Error(f"{e.override}: {e.message.splitlines()[0]} (Hydra's override syntax: key=a,b,c)") from None
     axes = []
-    for o in OverridesParser.create().parse_overrides(list(overrides)):
+    for o in parsed:
         if o.is_sweep_override() and not o.is_discrete_sweep():
             raise Task1Error(f"{o.input_line}: a sweep here lists its values (a,b,c, choice(...), range(...)).")
         values = o.sweep_string_iterator() if o.is_sweep_override() else [o.get_value_element_as_str()]
         axes.append([f"{o.get_key_element()}={v}" for v in values])
-    jobs = [_full(combination) for combination in itertools.product(*axes)]
+    jobs = [_full(combination, config_dir=config_dir) for combination in itertools.product(*axes)]
     folder = _run_folder(jobs[0], "sweep")
     for cfg in jobs:  # a typo in one job ends the sweep before anything trains
         with _job(cfg, folder) as task:
@@ -210,11 +277,15 @@ def lr_schedule(*overrides: str) -> list[float]:
 
 # -- how a call becomes a run --------------------------------------------------------------------------------------
 
-def _full(given: Sequence[DictConfig | str], config_name: str = "config") -> DictConfig:
+def _full(given: Sequence[DictConfig | str], config_name: str = "config",
+          config_dir: PathLike | Sequence[PathLike] = ()) -> DictConfig:
     """A config with its hydra node: composed from overrides, or a given one (a config without a hydra node, from
     Hydra's compose, gets task1's, with no choices or overrides recorded)."""
     if len(given) == 1 and isinstance(given[0], DictConfig):
         cfg = given[0]
+        if config_dir:
+            raise Task1Error("config_dir= is for composing: give it to api.compose(..., config_dir=...), whose "
+                             "config train() then takes as it is.")
         if "hydra" in cfg:
             return copy.deepcopy(cfg)
         full = compose(config_name=config_name)
@@ -226,7 +297,7 @@ def _full(given: Sequence[DictConfig | str], config_name: str = "config") -> Dic
         return full
     if not all(isinstance(o, str) for o in given):
         raise Task1Error("give train() one config (api.compose(...)), or overrides as strings (\"model=mlp\").")
-    return compose(*given, config_name=config_name)
+    return compose(*given, config_name=config_name, config_dir=config_dir)
 
 
 def _run_folder(cfg: DictConfig, kind: str) -> Path:

@@ -122,6 +122,52 @@ def _saved_run(hydra_dir: Path, rest: list[str]) -> list[str]:
     return ["--config-path", str(hydra_dir), "--config-name", "config", *rest]
 
 
+def config_dir_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """`args` split into the user's extra config folders (`--config-dir X`, `-cd X`, `--config-dir=X`, an override
+    of `hydra.searchpath`) and the rest: Hydra's parser takes a flag with a value only before the overrides."""
+    flags, rest, args = [], [], list(args)
+    while args:
+        arg = args.pop(0)
+        if arg in CONFIG_DIR_FLAGS and args:
+            flags += [arg, args.pop(0)]
+        elif arg.startswith(tuple(f"{f}=" for f in CONFIG_DIR_FLAGS)) or override_key(arg) == "hydra.searchpath":
+            flags.append(arg)
+        else:
+            rest.append(arg)
+    return flags, rest
+
+
+def recorded_config_dirs(saved_hydra: DictConfig, run: Path) -> list[str]:
+    """The config folders besides conf/ that a run (or sweep) was composed with (`--config-dir`,
+    `hydra.searchpath`), as its hydra.yaml (multirun.yaml) records them, as one `hydra.searchpath=[...]` override
+    (none when there were none).
+
+    A recorded folder is data from the run folder, and reused only where it exists on this machine (a folder on
+    the user's own disk, as conf/ is); one that does not is named in one line, with the flag that replaces it.
+    """
+    entries = []
+    for source in saved_hydra.runtime.config_sources:
+        if source.provider != "command-line" and not source.provider.startswith("hydra.searchpath"):
+            continue
+        if source.schema != "file":  # pkg://: an installed package, as importable here as anywhere
+            entries.append(f"{source.schema}://{source.path}")
+            continue
+        path = Path(saved_hydra.runtime.cwd) / source.path  # relative to where that command ran
+        if not path.is_dir():
+            how = "--config-dir" if source.provider == "command-line" else "hydra.searchpath"
+            raise Task1Error(f"{run} was composed with the config folder {path} ({how}), which does not exist "
+                             f"here. Pass the folder that holds those configs again: --config-dir <folder> "
+                             f"(config_dir= in Python).")
+        entries.append(f"file://{path.resolve()}")
+    return searchpath_override(entries)
+
+
+def searchpath_override(entries: list[str]) -> list[str]:
+    """`hydra.searchpath=['file:///a','pkg://b']` (quoted: a folder's name may hold a comma), or none."""
+    quoted = ",".join("'" + e.replace("\\", "\\\\").replace("'", "\\'") + "'" for e in entries)
+    return [f"hydra.searchpath=[{quoted}]"] if entries else []
+
+
 def group_overrides(args: list[str]) -> list[str]:
     """The arguments that choose an option of a config group of conf/ (`model=mlp`, `logger=[csv,mlflow]`)."""
     return [a for a in args if "=" in a and not a.startswith("-") and "/" not in override_key(a) and override_key(a)
@@ -208,14 +254,15 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
     ended is reused and what was interrupted resumes.
     """
     saved = OmegaConf.load(sweep / "multirun.yaml").hydra
-    rest = [a for a in rest if a not in ("-m", "--multirun")]
-    given = {override_key(a) for a in rest if "=" in a} | {"hydra.mode", "hydra.sweep.dir"}
+    flags, rest = config_dir_flags([a for a in rest if a not in ("-m", "--multirun")])
+    flags = flags or recorded_config_dirs(saved, sweep)  # the sweep's own config folders, made absolute
+    given = {override_key(a) for a in rest if "=" in a} | {"hydra.mode", "hydra.sweep.dir", "hydra.searchpath"}
     main = [s.path for s in saved.runtime.config_sources if s.provider == "main" and s.schema == "file"]
     config = []
     if main and (Path(main[0]) != CONF or saved.job.config_name != "config"):  # e.g. a rerun's saved config
         config = ["--config-path", main[0], "--config-name", saved.job.config_name]
     kept = [o for o in [*saved.overrides.hydra, *saved.overrides.task] if override_key(o) not in given]
-    return [argv0, "--multirun", *config, *kept, *rest, f"hydra.sweep.dir={sweep}"]
+    return [argv0, "--multirun", *config, *flags, *kept, *rest, f"hydra.sweep.dir={sweep}"]
 
 
 def train_argv(argv: list[str]) -> list[str]:
@@ -230,9 +277,11 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
         print("usage: task1 rerun <run folder> [overrides]", file=sys.stderr)
         sys.exit(2)
     hydra_dir = saved_config_dir(argv[1])
-    if group_overrides(argv[2:]):
-        return [argv[0], *_recomposed(hydra_dir, argv[2:])]
-    return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *argv[2:]])
+    flags, rest = config_dir_flags(argv[2:])
+    if group_overrides(rest):  # composed afresh: with the run's own config folders, unless given new ones
+        dirs = flags or recorded_config_dirs(OmegaConf.load(hydra_dir / "hydra.yaml").hydra, hydra_dir.parent)
+        return [argv[0], *dirs, *_recomposed(hydra_dir, rest)]
+    return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *flags, *rest])
 
 
 def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
