@@ -282,11 +282,13 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
                "max_epochs": trainer.max_epochs, "stopped_early": stopped_early,
                "wall_time_s": round(last.before + time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
                "final": final, "history": system.history, "loop": system.loop_record, "provenance": origin}
-    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters against the true ones
+    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters, against the true ones if known
         w, b = system.net.get_w_b()
-        true_w, true_b = datamodule.data.true_w, datamodule.data.true_b
-        metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b,
-                       w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)], b_error=true_b - float(b))
+        metrics.update(w=w.tolist(), b=float(b))
+        true_w, true_b = getattr(datamodule.data, "true_w", None), getattr(datamodule.data, "true_b", None)
+        if true_w is not None:  # synthetic data (data=arrays has no truth to compare with)
+            metrics.update(true_w=true_w, true_b=true_b, b_error=true_b - float(b),
+                           w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)])
     if predictions:
         metrics["per_class_acc"] = predictions.per_class_acc
     if pruned or stopped_early:
@@ -301,7 +303,7 @@ def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, Sy
             drawer.draw("run_figures", (figures, out / "figures"))
         log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
         log.info("final metrics (%s)\n%s", out, summary_table(final))
-        if "w" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error
+        if "w_error" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error
             shown = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"  # noqa: E731
             log.info("w %s (true %s, error %s); b %.6g (true %.6g, error %.3g)", shown(metrics["w"]),
                      shown(metrics["true_w"]), shown(metrics["w_error"]), metrics["b"], metrics["true_b"],

@@ -158,8 +158,11 @@ class PredictionFigures(L.Callback):
             return
         X, y, y_hat = (torch.cat(parts).numpy() for parts in zip(*self._examples, strict=True))
         # framed: each drawn over the kept frame of the last one of its kind (task1.plots.Frame)
-        figures = {f"{split}/predictions": ("prediction_grid", (X, y, y_hat, self.names, 8, True)),
-                   f"{split}/confusion": ("confusion_figure", (confusion.numpy(), self.names, split, True))}
+        figures = {}
+        if X.ndim in (3, 4):  # images, (n, h, w) or (n, c, h, w), shown in grey; a grid of feature vectors is none
+            grey = X.mean(axis=1) if X.ndim == 4 else X
+            figures[f"{split}/predictions"] = ("prediction_grid", (grey, y, y_hat, self.names, 8, True))
+        figures[f"{split}/confusion"] = ("confusion_figure", (confusion.numpy(), self.names, split, True))
         for tag, (name, args) in figures.items():
             boards = [(lg.log_dir, tag, trainer.global_step) for lg in trainer.loggers
                       if isinstance(lg, TensorBoardLogger)]

@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, checks, error_line
 from task1.checks import Check, Fraction, NonNegative, OpenFraction, Positive, PositiveInt
-from task1.core.schema import Config
+from task1.core.schema import Config, Model, Scheduler
+
+log = logging.getLogger("task1")
 
 # Ranges of arguments that torch's and Lightning's classes take as plain numbers and check only once training has
 # started, or never; they apply to an argument of that name whose own annotation says no range.
@@ -235,11 +237,12 @@ def imported_signature(target: str) -> tuple[dict[str, Any], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in params)
 
 
-def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
+def _unknown(key: str, where: str, names: set[str], target: str | None = None) -> Task1Error:
     """The mistake of a key nothing reads: the options of its group that have it (model.num_hiddens with
-    model=softmax: model=mlp has it), else the closest of the keys something does read."""
+    model=softmax: model=mlp has it), else the closest of the keys something does read. `target`: the raw
+    `_target_` of the node the key is in, if it is one."""
     group, _, field = key.partition(".")
-    others = _options_with(group, field)
+    others = _options_with(group, field, target)
     if others:
         return Task1Error(f"{key} is a field of {' and '.join(f'{group}={o}' for o in others)}, not of the {group} "
                           f"chosen here: choose {group}={others[0]}, or drop the key.")
@@ -251,8 +254,9 @@ def _unknown(key: str, where: str, names: set[str]) -> Task1Error:
     return Task1Error(f"{key} is not a field of {where}: {hint}Its fields are {', '.join(sorted(names))}.")
 
 
-def _options_with(group: str, field: str) -> list[str]:
-    """The options of a config group (conf/<group>/<option>.yaml) that set `field` (a dotted key in the group)."""
+@cache
+def _options(group: str) -> dict[str, dict]:
+    """The options of a group of task1's conf/ (conf/<group>/<option>.yaml), read, by name."""
     import importlib.resources
 
     import yaml
@@ -260,18 +264,29 @@ def _options_with(group: str, field: str) -> list[str]:
     try:
         folder = importlib.resources.files("task1.conf") / group
     except ModuleNotFoundError:
+        return {}
+    if not folder.is_dir():
+        return {}
+    return {f.name.removesuffix(".yaml"): yaml.safe_load(f.read_text()) or {}
+            for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")}
+
+
+def _options_with(group: str, field: str, target: str | None = None) -> list[str]:
+    """The options of a config group (conf/<group>/<option>.yaml) that set `field` (a dotted key in the group);
+    none when the node that holds it names a class (`target`) that no option names: the user chose that class
+    (model.net._target_=mypkg.Net), and choosing an option would not make the key one of its arguments."""
+    if not field:
         return []
-    if not field or not folder.is_dir():
-        return []
-    found = []
-    for option in sorted(folder.iterdir(), key=lambda f: f.name):
-        if option.name.endswith(".yaml"):
-            node = yaml.safe_load(option.read_text()) or {}
-            for part in field.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            if node is not None:
-                found.append(option.name.removesuffix(".yaml"))
-    return found
+    found, targets = [], set()
+    *parents, name = field.split(".")
+    for option, node in _options(group).items():
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            targets.add(node.get("_target_"))
+            if node.get(name) is not None:
+                found.append(option)
+    return found if target is None or target in targets else []
 
 
 _REFERENCE = re.compile(r"\$\{\s*([A-Za-z_][\w.]*)\s*\}")  # ${model.num_hiddens}
@@ -332,8 +347,8 @@ def _check_target(path: str, node: DictConfig, schema: type | None, keys: bool) 
         while cause.__cause__ is not None:  # Hydra wraps what went wrong (a missing extra, a bug in the module)
             cause = cause.__cause__
         raise Task1Error(f"{path}._target_={node._target_!r} cannot be imported ({error_line(cause)}): name a "
-                         f"class or function of task1, torch or lightning, and check that what it needs is "
-                         f"installed.") from e
+                         f"class or function that Python can import (task1's, torch's, lightning's, or your own: "
+                         f"its package on PYTHONPATH or installed), and check that what it needs is installed.") from e
     own = _fields(schema)
     raw = OmegaConf.to_container(node, resolve=False)
     for key in node:
@@ -341,7 +356,7 @@ def _check_target(path: str, node: DictConfig, schema: type | None, keys: bool) 
             continue
         if key not in own and key not in params:
             if keys and not takes_any:
-                raise _unknown(f"{path}.{key}", f"{path} ({node._target_})", set(params) | set(own))
+                raise _unknown(f"{path}.{key}", f"{path} ({node._target_})", set(params) | set(own), raw["_target_"])
             continue
         spec = Spec.of(own[key] if key in own else params[key])
         if not (spec and spec.ranged) and key in LIMITS:
@@ -386,7 +401,34 @@ def _check(cfg: DictConfig, keys: bool) -> None:
         _check_target(f"trainer.callbacks.{key}".rstrip("."), node, None, keys)
 
 
+ARRAYS = "task1.data.ArraysData"
+
+
+def follow_arrays(cfg: DictConfig) -> None:
+    """data=arrays: the model's `num_inputs` and `num_outputs` (where it has them) follow the user's file, which is
+    checked here, before anything is built."""
+    data, model = cfg.get("data") or {}, cfg.get("model")
+    if data.get("_target_") != ARRAYS:
+        return
+    if OmegaConf.is_missing(data, "path"):
+        raise Task1Error("data.path is missing: data=arrays reads your own file, data.path=<file.npz or file.pt> "
+                         "(docs/extending.md).")
+    from task1.data.arrays import sizes
+
+    found, changed = sizes(data.path, data.task), []
+    for key in ("num_inputs", "num_outputs"):
+        if isinstance(model, DictConfig) and key in model and model[key] != found[key]:
+            model[key] = found[key]
+            changed.append(f"model.{key}={found[key]}")
+    if changed:
+        log.info("%s, as %s holds", " ".join(changed), data.path)
+
+
 def _train_size(data: DictConfig) -> int | None:
+    if data.get("_target_") == ARRAYS:
+        from task1.data.arrays import sizes
+
+        return sizes(data.path, data.task)["num_examples"]
     if "num_examples" in data:
         return data.num_examples
     if str(data.get("_target_", "")).endswith("FashionMNIST"):
@@ -395,14 +437,60 @@ def _train_size(data: DictConfig) -> int | None:
     return None
 
 
+def _check_model(model: Any) -> None:
+    """The keys every model config needs (an own model's YAML too: docs/extending.md), before anything reads them."""
+    if not isinstance(model, DictConfig):
+        raise Task1Error("model names no model: choose one (model=softmax) or give your own (docs/extending.md).")
+    required = [f.name for f in dataclasses.fields(Model) if f.default is dataclasses.MISSING]
+    missing = [k for k in required if k not in model]
+    if missing:
+        example = {"net": "{_target_: mypkg.Net, ...}", "loss": "{_target_: task1.models.torch.cross_entropy, "
+                   "_partial_: true}", "task": "classification", "loss_reduction": "mean"}
+        raise Task1Error(f"model.{missing[0]} is missing: a model config needs {', '.join(required)} "
+                         f"(docs/extending.md); add `{missing[0]}: {example[missing[0]]}` to its YAML "
+                         f"(or +model.{missing[0]}=... to the command).")
+
+
+def drop_other_class_keys(cfg: DictConfig) -> None:
+    """`optimizer._target_=torch.optim.RMSprop` keeps the keys of the option it replaced (optimizer=sgd's
+    dampening, nesterov): those the new class does not take are dropped, with a line saying so. Only keys that an
+    option of the group sets: a key the user made up is still refused by the check."""
+    for group, schema in (("optimizer", None), ("scheduler", Scheduler)):
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            continue
+        target = OmegaConf.to_container(node, resolve=False)["_target_"]
+        options = _options(group).values()
+        if target in {o.get("_target_") for o in options}:
+            continue
+        try:
+            params, takes_any = signature(node._target_)
+        except Exception:  # the check says what is wrong with it
+            continue
+        stock = set().union(*options)
+        keep = set(params) | set(_fields(schema))
+        drop = [] if takes_any else [k for k in node if k in stock and k not in keep and not str(k).startswith("_")]
+        if drop:
+            with open_dict(node):
+                for key in drop:
+                    del node[key]
+            log.info("%s._target_=%s takes no %s: dropped (keys of the %s option it replaced)", group, target,
+                     ", ".join(drop), group)
+
+
 def check_values(cfg: DictConfig) -> None:
     """Raise Task1Error naming the first value that is wrong (also in a run's resolved config)."""
     _check(cfg, keys=False)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise Task1Error naming the first field that is wrong, its value and what is allowed."""
+    """Raise Task1Error naming the first field that is wrong, its value and what is allowed (keys of an optimizer
+    or scheduler class replaced through `_target_` that the new class does not take are dropped first)."""
+    if "model" in cfg:
+        _check_model(cfg.model)
+    drop_other_class_keys(cfg)
     _check(cfg, keys=True)
+    follow_arrays(cfg)
     opt = cfg.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("momentum", 0) <= 0 or opt.get("dampening", 0) != 0):
         _fail("optimizer.nesterov", True, f"false, or optimizer.momentum > 0 (it is {opt.get('momentum', 0)}) "

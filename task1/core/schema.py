@@ -29,11 +29,11 @@ class Model:
     """The model node's own keys. The net's arguments beside them (`num_hiddens`, ...) are keys that `net`
     interpolates (`${model.num_hiddens}`), and typed by the net's signature."""
 
-    net: Any
-    loss: Any
-    impl: Literal["torch", "scratch"]
+    net: Any  # the nn.Module to train: a _target_ node
+    loss: Any  # loss(y_hat, y, reduction=...): a _target_ node with _partial_: true
     task: Literal["classification", "regression"]
     loss_reduction: Literal["mean", "sum"]
+    impl: Literal["torch", "scratch"] | None = None  # task1's nets only: the module that ${model.impl} names
 
 
 @dataclass
