@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import drawer
 from task1.core.build import build_all, build_system, save_config, set_threads_and_seed, summary_table
-from task1.core.callbacks import DivergedError
+from task1.core.callbacks import DivergedError, PredictionFigures
 from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
 from task1.core.hparams import log_final
 from task1.core.provenance import provenance
@@ -60,7 +60,17 @@ class Member:
         self.monitor, self.mode = system.monitor
         self.best: float | None = None
         self.failed: BaseException | None = None
-        self.epochs_done = 0
+        self.epochs_done = self.current_epoch = 0
+        figures = cfg.get("figures") or {"enabled": False}
+        self.predictions = (PredictionFigures(self.out / "figures", data.labels, figures["every_n_epochs"])
+                            if figures["enabled"] and self.classify else None)
+        self.view = _TrainerView(self)
+        # in a sweep, the member's lines go to the train.log Hydra made for its job too (the pack logs to the sweep's)
+        self.log = logging.getLogger(f"task1.pack.{self.out.name}")
+        self.file_log = logging.FileHandler(self.out / "train.log") if (self.out / "train.log").is_file() else None
+        if self.file_log is not None:
+            self.file_log.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            self.log.addHandler(self.file_log)
         state = self.out / "checkpoints" / PACK_STATE
         if state.is_file():  # an earlier start of the pack was stopped (the launcher reuses finished members)
             self.restore(state)
@@ -76,7 +86,7 @@ class Member:
             self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
         self.history, self.global_step = checkpoint["history"], checkpoint["global_step"]
         self.epochs_done, self.best = checkpoint["packed"]["epochs_done"], checkpoint["packed"]["best"]
-        log.info("%s: resuming after epoch %d (%s)", self.out, self.epochs_done, path)
+        self.log.info("%s: resuming after epoch %d (%s)", self.out, self.epochs_done, path)
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -84,6 +94,7 @@ class Member:
     # --- the loop's calls, in the order of Lightning's fit loop (task1.optim.schedule's docstring)
 
     def start_epoch(self, epoch: int) -> None:
+        self.current_epoch = epoch
         self.loader.set_epoch(epoch)
         self.sums["train"], self.epoch_lr = EpochSums(), self.lr()
 
@@ -128,7 +139,7 @@ class Member:
             logger.log_metrics({**train, **val, "epoch": epoch}, step=self.global_step)
         shown = "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
                           if isinstance(v, float))
-        log.info("%s: epoch %d/%d  %s", self.out.name, epoch + 1, self.max_epochs, shown)
+        self.log.info("%s: epoch %d/%d  %s", self.out.name, epoch + 1, self.max_epochs, shown)
         value = val.get(self.monitor)
         if value is not None and (self.best is None or
                                   (value > self.best if self.mode == "max" else value < self.best)):
@@ -155,7 +166,8 @@ class Member:
         metrics, _ = failure_metrics(error, self.history, self.cfg.seed, self.out)
         self.failure = {**metrics, "wall_time_s": round(time.perf_counter() - self.start, 3)}
         write_json(self.out / "metrics.json", self.failure)
-        log.error("%s: %s", self.out, error)
+        self.log.error("%s: %s", self.out, error)
+        self.close_log()
 
     def finish(self, test: dict[str, float]) -> dict:
         """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes."""
@@ -165,6 +177,10 @@ class Member:
                    "max_epochs": self.max_epochs, "stopped_early": False,
                    "wall_time_s": round(time.perf_counter() - self.start, 3), "threads": torch.get_num_threads(),
                    "final": final, "history": self.history, "provenance": self.origin}
+        if hasattr(self.system, "loop_record"):  # which loop trained (the pack's is the automatic one written out)
+            metrics["loop"] = self.system.loop_record
+        if self.predictions is not None:
+            metrics["per_class_acc"] = self.predictions.per_class_acc
         if hasattr(self.net, "get_w_b"):
             w, b = self.net.get_w_b()
             true_w, true_b = self.data.true_w, self.data.true_b
@@ -181,8 +197,48 @@ class Member:
             log_final(self.loggers, self.system.hparams["config"], final, self.global_step, self.out / "figures")
         for logger in self.loggers:
             logger.finalize("success")
-        log.info("final metrics (%s)\n%s", self.out, summary_table(final))
+        self.log.info("final metrics (%s)\n%s", self.out, summary_table(final))
+        self.close_log()
         return metrics
+
+    def close_log(self) -> None:
+        if self.file_log is not None:
+            self.log.removeHandler(self.file_log)
+            self.file_log.close()
+            self.file_log = None
+
+    def hook(self, name: str, *args) -> None:
+        """PredictionFigures' hook `on_<name>` (validation_epoch_start ...), called as Lightning calls it."""
+        if self.predictions is not None:
+            getattr(self.predictions, f"on_{name}")(self.view, self.system, *args)
+
+
+class _TrainerView:
+    """What PredictionFigures reads of a Lightning Trainer, answered for one member."""
+
+    is_global_zero, sanity_checking = True, False
+
+    def __init__(self, member: Member):
+        self.member, self.strategy = member, self
+
+    def reduce(self, tensor: torch.Tensor, reduce_op: str = "sum") -> torch.Tensor:
+        return tensor  # one process
+
+    @property
+    def loggers(self) -> list:
+        return self.member.loggers
+
+    @property
+    def global_step(self) -> int:
+        return self.member.global_step
+
+    @property
+    def current_epoch(self) -> int:
+        return self.member.current_epoch
+
+    @property
+    def max_epochs(self) -> int:
+        return self.member.max_epochs
 
 
 class _Choices:

@@ -64,6 +64,7 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
         except Exception as e:  # this member's files: the others still end
             member.fail(e)
             results.append(member.failure)
+    drawer.settle()  # every member's figures on disk, as train() leaves a run's
     return results
 
 
@@ -156,14 +157,21 @@ def evaluate(members: list[Member], split: tuple, batch_size: int, stack: str, s
     """Each member's loss (and accuracy) on `split`, as System's validation and test steps sum them."""
     if not members:
         return []
-    for X, y in TensorLoader(*split, batch_size):
+    hooks = {"val": "validation"}.get(stage, stage)  # Lightning's hook names: on_validation_..., on_test_...
+    for m in members:
+        m.hook(f"{hooks}_epoch_start")
+    for batch_idx, (X, y) in enumerate(TensorLoader(*split, batch_size)):
         if stack == "loop":
             for m in members:
                 y_hat = m.net(X)
                 m.add(stage, m.loss(y_hat, y, reduction=m.reduction), y_hat, y)
-            continue
-        net, loss_fn, reduction = members[0].net, members[0].loss, members[0].reduction
-        y_hat = vmap(functional_call, in_dims=(None, 0, None))(net, _stacked(members), (X,))  # (K, n, outputs)
-        for k, m in enumerate(members):
-            m.add(stage, loss_fn(y_hat[k], y, reduction=reduction), y_hat[k], y)
+        else:
+            net, loss_fn, reduction = members[0].net, members[0].loss, members[0].reduction
+            y_hat = vmap(functional_call, in_dims=(None, 0, None))(net, _stacked(members), (X,))  # (K, n, outputs)
+            for k, m in enumerate(members):
+                m.add(stage, loss_fn(y_hat[k], y, reduction=reduction), y_hat[k], y)
+        for m in members:
+            m.hook(f"{hooks}_batch_end", None, (X, y), batch_idx)
+    for m in members:
+        m.hook(f"{hooks}_epoch_end")
     return [m.epoch_metrics(stage) for m in members]

@@ -1,0 +1,138 @@
+"""Packed runs (task1/pack/, hydra/launcher=packed): a member of a pack is a job like any other (DESIGN.md rule 21).
+
+On the generated data: what a member writes and ends with against the same job trained alone by Lightning, which
+jobs share a pack, a member that diverges, and a packed sweep from the command line, killed and started again.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli
+from omegaconf import OmegaConf
+
+from task1.pack.grouping import packs, unpackable
+from task1.pack.trainer import train_pack
+from task1.train import train
+
+QUIET = ["trainer=cpu", "data.batch_size=64", "trainer.max_epochs=2"]
+
+
+def job(tmp_path, root, name: str, *overrides: str):
+    """A job's config as a sweep's job has it: composed, its folder set, resolved (what the pack is given)."""
+    cfg = compose_cfg(*QUIET, f"data.root={root}", f"output_dir={tmp_path / name}", *overrides)
+    return cfg, OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+
+
+def files(folder) -> set[str]:
+    """What a run folder holds, by kind: TensorBoard's event files have a time and a process in their names."""
+    return {"events" if ".tfevents." in p.name else str(p.relative_to(folder)) for p in folder.rglob("*")
+            if p.is_file()} - {"checkpoints/pack_state.ckpt"}
+
+
+def test_a_pack_of_one_ends_bit_for_bit_where_the_job_alone_ends(fake_root, tmp_path):
+    alone_cfg, _ = job(tmp_path, fake_root, "alone", "logger=none", "figures.enabled=false", "seed=3")
+    _, member = job(tmp_path, fake_root, "member", "logger=none", "figures.enabled=false", "seed=3")
+    alone = train(alone_cfg)
+    [packed] = train_pack([member])
+    assert packed["status"] == "completed"
+    assert packed["history"] == alone["history"] and packed["final"] == alone["final"]  # exact floats
+    weights = [torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+               for name in ("alone", "member")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.slow
+def test_a_pack_of_four_writes_what_each_job_writes_and_ends_where_it_ends(fake_root, tmp_path):
+    grid = [(seed, lr) for seed in (0, 1) for lr in (0.03, 0.1)]
+    alone = [train(job(tmp_path, fake_root, f"alone_{s}_{lr}", f"seed={s}", f"optimizer.lr={lr}")[0])
+             for s, lr in grid]
+    for stack in ("loop", "vmap"):
+        members = [job(tmp_path, fake_root, f"{stack}_{s}_{lr}", f"seed={s}", f"optimizer.lr={lr}")[1]
+                   for s, lr in grid]
+        packed = train_pack(members, stack=stack)
+        for (s, lr), a, p in zip(grid, alone, packed, strict=True):
+            assert p["status"] == "completed" and p.keys() == a.keys()
+            assert files(tmp_path / f"{stack}_{s}_{lr}") == files(tmp_path / f"alone_{s}_{lr}")
+            assert p["per_class_acc"] == a["per_class_acc"] or stack == "vmap"
+            if stack == "loop":  # the job's own operations, in its order: the same floats
+                assert p["history"] == a["history"] and p["final"] == a["final"]
+                continue
+            for key, value in a["final"].items():  # batched matmuls: equal within float rounding
+                tolerance = 0.003 if key.endswith("/acc") else 1e-4 * abs(value)
+                assert abs(p["final"][key] - value) <= tolerance, (stack, key, p["final"][key], value)
+    # each member's own seed gave it its own start and batch order: the four ended apart
+    assert len({json.dumps(p["final"]) for p in packed}) == 4
+
+
+def test_a_member_that_diverges_fails_alone_and_the_others_go_on(fake_root, tmp_path):
+    members = [job(tmp_path, fake_root, name, "logger=none", "figures.enabled=false", f"optimizer.lr={lr}")[1]
+               for name, lr in (("fine", 0.1), ("diverges", 1e38))]
+    fine, diverged = train_pack(members)
+    assert fine["status"] == "completed" and fine["epochs"] == 2
+    assert diverged["status"] == "failed" and diverged["repeats"] and "diverged" in diverged["error"]
+    on_disk = json.loads((tmp_path / "diverges" / "metrics.json").read_text())
+    assert on_disk["status"] == "failed" and not (tmp_path / "diverges" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_jobs_that_differ_only_in_packable_values_share_a_pack(fake_root, tmp_path):
+    def cfg(*overrides):
+        return compose_cfg(*QUIET, f"data.root={fake_root}", *overrides)
+
+    jobs = [cfg("seed=0"), cfg("seed=1", "optimizer.lr=0.3", "optimizer.momentum=0.9", "model.init_std=0.1"),
+            cfg("data.batch_size=128"), cfg("model.impl=scratch"), cfg("optimizer=adam"), cfg("seed=2"),
+            cfg("callbacks=early_stopping"), cfg("trainer.max_epochs=3"), cfg("model.bias_init=normal")]
+    assert packs(jobs, 16) == [[0, 1, 5, 8], [2], [3], [4], [6], [7]]
+    assert packs(jobs, 2) == [[0, 1], [5, 8], [2], [3], [4], [6], [7]]
+    assert unpackable(jobs[6]) == "callbacks are set" and unpackable(jobs[0]) is None
+    assert unpackable(cfg("+trainer.accumulate_grad_batches=2")) == "trainer.accumulate_grad_batches is set"
+    # the hand-written twins pack too, among themselves
+    scratch = [cfg("model.impl=scratch", "optimizer=sgd_scratch", f"seed={s}") for s in (0, 1)]
+    assert packs(scratch, 16) == [[0, 1]]
+
+
+def sweep_args(root, sweep) -> list[str]:
+    return ["--multirun", "hydra/launcher=packed", f"data.root={root}", "trainer=cpu", "data.batch_size=32",
+            "trainer.max_epochs=4", "logger=none", "figures.enabled=false", "seed=0,1", "optimizer.lr=0.03,0.1",
+            f"hydra.sweep.dir={sweep}"]
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninterrupted_one_ends(tmp_path):
+    root = make_fashion_mnist(tmp_path / "data", n_train=12000, n_test=200)  # epochs long enough to kill one
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = run_cli(*sweep_args(root, whole))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Launching 4 jobs: 4 in 1 pack, 0 alone" in result.stdout + result.stderr
+
+    cmd = [sys.executable, "-m", "task1.train", *sweep_args(root, killed)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    states = [killed / str(n) / "checkpoints" / "pack_state.ckpt" for n in range(4)]
+    deadline = time.monotonic() + 300
+    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "0" / "metrics.json").exists(), "the pack ended before it was killed: use more data"
+
+    result = run_cli(*sweep_args(root, killed))
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "resuming after epoch" in (killed / "0" / "train.log").read_text()
+    for n in range(4):
+        a, b = (json.loads((s / str(n) / "metrics.json").read_text()) for s in (whole, killed))
+        assert b["status"] == "completed" and b["history"] == a["history"] and b["final"] == a["final"]
+
+    # started again once more: every member is over, reused, not trained again
+    before = [(killed / str(n) / "metrics.json").stat().st_mtime_ns for n in range(4)]
+    result = run_cli(*sweep_args(root, killed))
+    assert result.returncode == 0 and "4 alone" in result.stdout + result.stderr
+    assert [(killed / str(n) / "metrics.json").stat().st_mtime_ns for n in range(4)] == before
+    assert len((killed / "summary.csv").read_text().splitlines()) == 5  # the report reads the members' folders
