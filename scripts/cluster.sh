@@ -1,24 +1,58 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, for the cluster tests and for trying hydra/launcher=slurm (as root):
+# A two-node SLURM cluster on this machine, for the cluster tests and for trying hydra/launcher=slurm (as root):
 #   scripts/cluster.sh start    install what is missing (Debian's slurmctld slurmd slurm-client munge), write the
-#                               config, start munged, slurmctld and slurmd, wait until the node is idle
+#                               config, start munged, slurmctld and one slurmd per node (n1 and n2, both on this
+#                               machine, ports 17001-17002), wait until both nodes are idle
 #   scripts/cluster.sh start --accounting
 #                               the same with an accounting database (slurmdbd on a MariaDB of its own), so that
 #                               sacct works as on most real clusters
-#   scripts/cluster.sh stop     stop what `start` started, by the PIDs it kept (slurmd first)
+#   scripts/cluster.sh stop     stop what `start` started, by the PIDs it kept (the slurmds first)
 #   scripts/cluster.sh status   the daemons, and sinfo
 #   scripts/cluster.sh env      the line that points Slurm's commands at it: export SLURM_CONF=...
-# Everything it writes is in $TASK1_CLUSTER_DIR (default /tmp/task1-cluster): slurm.conf, state, logs, PIDs.
-# /etc/slurm is left alone; the daemons talk over 127.0.0.1.
+#   scripts/cluster.sh lose n1  a node lost: its slurmd and its jobs' processes killed (SIGKILL, no handler
+#                               runs), the node marked down; SLURM requeues its jobs onto the other node
+#   scripts/cluster.sh restore n1   the lost node back: its slurmd started again, the node resumed
+# Everything it writes is in $TASK1_CLUSTER_DIR (default /tmp/task1-cluster): slurm.conf, state, logs, PIDs. It
+# runs as root and kills the PIDs it keeps there, so that folder must be the user's own and writable by no one
+# else, and a PID is killed only if its process is the daemon its file names. /etc/slurm is left alone; the
+# daemons talk over 127.0.0.1. The node names resolve to 127.0.0.1 (a line in /etc/hosts while the cluster runs),
+# as a cluster's node names do: Lightning's DDP takes its rank 0's address from the job's node list.
 set -euo pipefail
 
 dir=${TASK1_CLUSTER_DIR:-/tmp/task1-cluster}
 conf=$dir/slurm.conf
 export SLURM_CONF=$conf
+NODES=(n1 n2)
+HOSTS_LINE="127.0.0.1 ${NODES[*]}  # task1 test cluster (scripts/cluster.sh)"
 
 say() { echo "cluster: $*" >&2; }
-alive() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+safe_dir() {
+  # root writes here and kills the PIDs it reads here: the folder must be ours, and no one else's to write in
+  [ -e "$dir" ] || [ -L "$dir" ] || { mkdir -p -m 755 "$dir"; return; }
+  local owner mode
+  read -r owner mode < <(stat -c '%u %a' "$dir")
+  if [ -L "$dir" ] || [ ! -d "$dir" ] || [ "$owner" != "$(id -u)" ] || (( 8#$mode & 8#022 )); then
+    say "$dir is not a folder of $(id -un)'s that only $(id -un) can write (owner $(stat -c %U "$dir"), mode" \
+      "$mode$([ -L "$dir" ] && echo ', a link')): remove it, or set TASK1_CLUSTER_DIR to a folder of your own"
+    exit 1
+  fi
+}
+
+# the PID kept for daemon $1 (slurmd-n1 is a slurmd), if that process is alive and really is that daemon
+pid_of() {
+  local pid exe
+  [ -f "$dir/$1.pid" ] || return 1
+  pid=$(cat "$dir/$1.pid")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  # its command name, and its program (Debian's is /usr/sbin/slurmd-wlm behind the slurmd alternative)
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1%%-*}" ] || return 1
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
+  [[ "$(basename "$exe")" == "${1%%-*}"* ]] || return 1
+  echo "$pid"
+}
+alive() { pid_of "$1" >/dev/null; }
 
 install() {
   local want=(slurmctld slurmd slurm-client munge) missing=()
@@ -37,14 +71,13 @@ write_conf() {
   node=$(slurmd -C | head -n1)  # NodeName=<host> CPUs=... RealMemory=...: what this machine has
   cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$node")
   mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
-  mkdir -p "$dir/state" "$dir/spool" "$dir/log"
+  mkdir -p "$dir/state" "$dir/spool/n1" "$dir/spool/n2" "$dir/log"
   # no cgroups in a container: processes are tracked by their parents, tasks are not bound
   cat >"$conf" <<EOF
 ClusterName=task1
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 SlurmctldPort=6817
-SlurmdPort=6818
 AuthType=auth/munge
 # a requeued job waits cred_expire + 1 s before it runs again (default 120 s); a test cluster needs no such wait
 AuthInfo=cred_expire=10
@@ -59,23 +92,25 @@ $(if [ "$accounting" = 1 ]; then
 ReturnToService=2
 MailProg=/bin/true
 # a small test cluster: pending jobs (a requeued one) are looked at every 2 s, not every 60 s; ended jobs stay
-# in squeue for 10 minutes; a job's processes get 10 s after SIGTERM
+# in squeue for 10 minutes; a job's processes get 10 s after SIGTERM; a node silent for 30 s is down
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_interval=2
 MinJobAge=600
 DefMemPerCPU=1000
 KillWait=10
+SlurmdTimeout=30
 StateSaveLocation=$dir/state
-SlurmdSpoolDir=$dir/spool
+SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.daemon.pid
-SlurmdPidFile=$dir/slurmd.daemon.pid
+SlurmdPidFile=$dir/slurmd-%n.daemon.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
-SlurmdLogFile=$dir/log/slurmd.log
-NodeName=$host NodeAddr=127.0.0.1 $(sed 's/^NodeName=[^ ]* //; s/RealMemory=[0-9]*//' <<<"$node") RealMemory=$((mem * 9 / 10))
-PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
-PartitionName=short Nodes=$host MaxTime=1 State=UP
+SlurmdLogFile=$dir/log/slurmd-%n.log
+# two nodes, a slurmd each, both on this machine: each offers all of its CPUs (they share them) and half its memory
+NodeName=n[1-2] NodeHostname=$host NodeAddr=127.0.0.1 Port=[17001-17002] $(sed 's/^NodeName=[^ ]* //; s/RealMemory=[0-9]*//' <<<"$node") RealMemory=$((mem * 9 / 20))
+PartitionName=debug Nodes=n[1-2] Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes=n[1-2] MaxTime=1 State=UP
 EOF
-  say "$conf: node $host, $cpus CPUs, $((mem * 9 / 10)) MB"
+  say "$conf: nodes ${NODES[*]} on $host, $cpus CPUs and $((mem * 9 / 20)) MB each"
 }
 
 start_munge() {
@@ -114,59 +149,121 @@ start_accounting() {
   say "slurmdbd did not start: see $dir/log/slurmdbd.log"; exit 1
 }
 
+name_nodes() {
+  grep -qxF "$HOSTS_LINE" /etc/hosts || echo "$HOSTS_LINE" >>/etc/hosts
+}
+
+unname_nodes() {
+  # rewritten in place: /etc/hosts may be a mount point, which a rename cannot replace
+  grep -qxF "$HOSTS_LINE" /etc/hosts || return 0
+  local kept
+  kept=$(grep -vxF "$HOSTS_LINE" /etc/hosts)
+  printf '%s\n' "$kept" >/etc/hosts
+}
+
+start_slurmd() {
+  slurmd -D -N "$1" >"$dir/log/slurmd-$1.out" 2>&1 &
+  echo $! >"$dir/slurmd-$1.pid"
+}
+
+all_up() { alive slurmctld && alive slurmd-n1 && alive slurmd-n2; }
+
 start() {
   install
-  if alive slurmctld && alive slurmd && sinfo -h >/dev/null 2>&1; then
+  if all_up && sinfo -h >/dev/null 2>&1; then
     if [ "$(grep -c accounting_storage/slurmdbd "$conf")" = "$accounting" ]; then say "already running ($conf)"; return; fi
     say "already running, $([ "$accounting" = 1 ] && echo without || echo with) accounting: stop it first"; exit 1
   fi
   [ "$(id -u)" = 0 ] || { say "starting the daemons needs root"; exit 1; }
+  stop  # what is left of an earlier start: a daemon that died, or the one-node cluster of before
   mkdir -p "$dir/log"
   write_conf
+  name_nodes
   start_munge
   if [ "$accounting" = 1 ]; then start_accounting; fi
   slurmctld -D -i >"$dir/log/slurmctld.out" 2>&1 &  # -i: start even if a killed instance left its state damaged
   echo $! >"$dir/slurmctld.pid"
-  slurmd -D >"$dir/log/slurmd.out" 2>&1 &
-  echo $! >"$dir/slurmd.pid"
+  for n in "${NODES[@]}"; do start_slurmd "$n"; done
+  local states=""
   for _ in $(seq 150); do
-    state=$(sinfo -h -N -o %t 2>/dev/null | head -n1)
-    case "$state" in idle|mix|alloc)
+    if [ "$(sinfo -h -N -t idle,mix,alloc -o %N 2>/dev/null | sort -u | wc -l)" = "${#NODES[@]}" ]; then
+      states=$(sinfo -h -N -o %t 2>/dev/null | sort -u | tr '\n' ' ')
       [ "$accounting" = 1 ] && { sacctmgr -i add cluster task1 >/dev/null 2>&1 || true; }
-      say "up: node $(hostname -s) is $state$([ "$accounting" = 1 ] && echo ', with accounting')"; return ;;
-    esac
-    alive slurmctld && alive slurmd || break
+      say "up: nodes ${NODES[*]} are ${states% }$([ "$accounting" = 1 ] && echo ', with accounting')"; return
+    fi
+    states=$(sinfo -h -N -o %t 2>/dev/null | sort -u | tr '\n' ' ')
+    all_up || break
     sleep 0.2
   done
-  say "the cluster did not come up (node state '${state:-none}'): see $dir/log/"; tail -n 5 "$dir"/log/*.log >&2 || true
+  say "the cluster did not come up (node states '${states% }'): see $dir/log/"; tail -n 5 "$dir"/log/*.log >&2 || true
   stop; exit 1
 }
 
+stop_daemon() {
+  local pid
+  if pid=$(pid_of "$1"); then
+    kill "$pid"
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+    say "stopped $1 ($pid)"
+  elif [ -f "$dir/$1.pid" ]; then
+    say "$1: $dir/$1.pid names no live $1 (left alone)"
+  fi
+  rm -f "$dir/$1.pid"
+}
+
 stop() {
-  for d in slurmd slurmctld slurmdbd mariadbd munged; do
-    if alive "$d"; then
-      pid=$(cat "$dir/$d.pid"); kill "$pid"
-      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-      kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
-      say "stopped $d ($pid)"
-    fi
-    rm -f "$dir/$d.pid"
-  done
+  # slurmd: the one-node cluster of before
+  for d in slurmd-n1 slurmd-n2 slurmd slurmctld slurmdbd mariadbd munged; do stop_daemon "$d"; done
+  [ "$(id -u)" != 0 ] || unname_nodes
 }
 
 status() {
-  for d in munged mariadbd slurmdbd slurmctld slurmd; do
-    if alive "$d"; then echo "$d: running ($(cat "$dir/$d.pid"))"; else echo "$d: not running"; fi
+  for d in munged mariadbd slurmdbd slurmctld slurmd-n1 slurmd-n2; do
+    if alive "$d"; then echo "$d: running ($(pid_of "$d"))"; else echo "$d: not running"; fi
   done
   sinfo 2>&1 || true
+}
+
+node() { [[ " ${NODES[*]} " == *" ${1:-} "* ]] || { say "no node '${1:-}': the nodes are ${NODES[*]}"; exit 2; }; }
+
+lose() {
+  # as a machine that dies: its slurmd and every process of the jobs it runs, at once, with no handler run
+  local n=$1 pid jobs p j
+  jobs=$(squeue -h -w "$n" -t running,completing -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+  if pid=$(pid_of "slurmd-$n"); then kill -9 "$pid"; fi
+  for p in /proc/[0-9]*; do
+    for j in $jobs; do
+      if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$j" \
+        || tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^slurmstepd: \[$j\."; then
+        kill -9 "${p#/proc/}" 2>/dev/null || true
+      fi
+    done
+  done
+  rm -f "$dir/slurmd-$n.pid"
+  scontrol update nodename="$n" state=down reason="lost"
+  say "lost $n (its jobs: ${jobs:-none}): marked down"
+}
+
+restore() {
+  alive "slurmd-$1" || start_slurmd "$1"
+  for _ in $(seq 100); do
+    scontrol update nodename="$1" state=resume 2>/dev/null || true
+    case "$(sinfo -h -n "$1" -o %t)" in idle|mix|alloc) say "restored $1"; return ;; esac
+    sleep 0.2
+  done
+  say "$1 did not come back: $(sinfo -h -n "$1" -o '%t %E')"; exit 1
 }
 
 accounting=0
 [ "${2:-}" = --accounting ] && accounting=1
 case "${1:-}" in
-  start) start ;;
-  stop) stop ;;
-  status) status ;;
+  start) safe_dir; start ;;
+  stop) safe_dir; stop ;;
+  status) safe_dir; status ;;
   env) echo "export SLURM_CONF=$conf" ;;
-  *) echo "usage: scripts/cluster.sh start|stop|status|env" >&2; exit 2 ;;
+  lose) safe_dir; node "${2:-}"; lose "$2" ;;
+  restore) safe_dir; node "${2:-}"; restore "$2" ;;
+  *) echo "usage: scripts/cluster.sh start [--accounting] | stop | status | env | lose <node> | restore <node>" >&2
+     exit 2 ;;
 esac

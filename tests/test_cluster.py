@@ -1,4 +1,4 @@
-"""Sweeps on a real SLURM cluster (scripts/cluster.sh: one node on this machine): what clusters do to long jobs.
+"""Sweeps on a real SLURM cluster (scripts/cluster.sh: two nodes on this machine): what clusters do to long jobs.
 
 Each test runs `python -m task1.train -m hydra/launcher=slurm ...` as a user would, does to its jobs what a cluster
 does (a time limit, SIGUSR2, `scontrol requeue`, SIGKILL, Ctrl-C of the command), and compares the results with an
@@ -93,6 +93,33 @@ def wait_for(what, timeout: float = 180, every: float = 0.5):
     return found
 
 
+def plant_pickles(submitit: Path, marker: Path) -> int:
+    """A result pickle in each job's submitit folder whose unpickling writes `marker`: what anyone who can write
+    the sweep folder could leave there. Returns how many."""
+    import pickle
+
+    class Planted:
+        def __reduce__(self):
+            return Path.write_text, (marker, "unpickled")
+
+    folders = [p for p in submitit.iterdir() if p.is_dir()]
+    for folder in folders:
+        (folder / f"{folder.name}_result.pkl").write_bytes(pickle.dumps(Planted()))
+    return len(folders)
+
+
+def failing_squeue(folder: Path) -> tuple[Path, Path]:
+    """A folder holding an `squeue` that fails, as an unreachable controller makes it fail, while the flag file
+    exists (else it is the real one), and that flag: put the folder first on PATH."""
+    folder.mkdir()
+    flag, real = folder / "down", subprocess.run(["which", "squeue"], capture_output=True, text=True).stdout.strip()
+    (folder / "squeue").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then echo 'squeue: error: slurm_load_jobs error: "
+                                   f"Unable to contact slurm controller (connect failure)' >&2; exit 1; fi\n"
+                                   f"exec {real} \"$@\"\n")
+    (folder / "squeue").chmod(0o755)
+    return folder, flag
+
+
 def log(folder: Path) -> str:
     return "".join(p.read_text() for p in sorted(folder.glob("*.log")))
 
@@ -114,6 +141,9 @@ def test_a_cpu_node_sweep_ctrl_c_collect_and_restart_submit_only_what_needs_work
         array = said[0].split("squeue -j ")[1].split()[0]
         assert f"Cancel them: scancel {array}" in said[0] and "run this command again" in said[0]
         assert squeue(slurm, "-j", array), "the jobs were to go on in SLURM"
+        # whoever can write the sweep folder leaves result pickles there: the command never unpickles them
+        marker = tmp_path / "unpickled"
+        assert plant_pickles(folder / ".submitit", marker) >= 2  # (and the array's own folder)
         # the same command again collects them: it submits nothing new and waits for the running jobs
         began = time.monotonic()
         result = sweep(slurm, folder, *args)
@@ -124,6 +154,7 @@ def test_a_cpu_node_sweep_ctrl_c_collect_and_restart_submit_only_what_needs_work
         ref = uninterrupted.result()
     assert finals(folder) == finals(tmp_path / "basic")
     assert all(status == "completed" for status, _ in finals(folder).values())
+    assert not marker.exists(), "a planted result pickle was unpickled"
     assert (folder / "summary.md").is_file() and "2 completed" in (folder / "summary.md").read_text()
     # a completed sweep started again submits nothing, and changes nothing
     before = {p: p.read_bytes() for p in folder.glob("*/metrics.json")}
@@ -244,6 +275,29 @@ def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_p
     assert finals(tmp_path) == uninterrupted
 
 
+def test_a_scheduler_that_does_not_answer_is_asked_again_then_given_up_on_in_one_line(slurm, long_jobs, tmp_path):
+    args, uninterrupted = long_jobs
+    wrappers, flag = failing_squeue(tmp_path / "bin")
+    flag.touch()  # squeue fails from the start, for longer than the command's patience (15 s here)
+    command = start({**slurm, "PATH": f"{wrappers}:{slurm['PATH']}"}, tmp_path / "sweep", *args,
+                    "hydra.launcher.scheduler_patience_min=0.25")
+    out = command.communicate(timeout=300)[0]
+    assert command.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert out.count("SLURM does not answer (squeue ended with status 1: squeue: error: slurm_load_jobs error: "
+                     "Unable to contact slurm controller") == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert "SLURM has not answered squeue for 0.25 minutes" in last and "run this command again" in last, last
+    assert "no longer known" not in out and "without finishing" not in out
+    # the jobs were left as they are (running in SLURM), and no folder says "interrupted"
+    wait_for(lambda: running_jobs(slurm, tmp_path / "sweep"))
+    assert not any('"interrupted"' in p.read_text() for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    # the scheduler back, the same command collects them
+    again = sweep(slurm, tmp_path / "sweep", *args)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "of an earlier start" in out and "submitting" not in out, out[-3000:]
+    assert finals(tmp_path / "sweep") == uninterrupted
+
+
 def test_a_killed_job_never_hangs_the_command_and_resumes_from_its_checkpoint(slurm, long_jobs, tmp_path):
     kill_and_resume(slurm, long_jobs, tmp_path)
 
@@ -270,20 +324,34 @@ def kill_and_resume(slurm: dict, long_jobs: tuple[list[str], dict], tmp_path: Pa
     return jobs["0"]
 
 
-def test_a_two_task_job_trains_ddp_into_one_folder(slurm, small, tmp_path):
-    args = [f"paths.data_dir={small}", "logger=none", "figures.enabled=false", "trainer=ddp",
-            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2", "model=mlp",
-            "model.num_hiddens=32", "data.batch_size=16", "threads=1", "optimizer.lr=0.1"]
-    result = sweep(slurm, tmp_path / "slurm", *args)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0 and "tasks_per_node=2" in out, out[-3000:]
-    local = run_cli(*args[:-1], "optimizer.lr=0.1", f"hydra.run.dir={tmp_path / 'local'}")
+DDP = ["logger=none", "figures.enabled=false", "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+       "model=mlp", "model.num_hiddens=32", "data.batch_size=16", "threads=1", "optimizer.lr=0.1"]
+
+
+@pytest.fixture(scope="module")
+def local_ddp(small, tmp_path_factory) -> dict:
+    """The final metrics of the 2-process DDP run on this machine, without SLURM."""
+    folder = tmp_path_factory.mktemp("local_ddp")
+    local = run_cli(f"paths.data_dir={small}", *DDP, "trainer.devices=2", f"hydra.run.dir={folder}")
     assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]
-    job = tmp_path / "slurm" / "0"
-    assert [p.name for p in (tmp_path / "slurm").iterdir() if p.is_dir() and not p.name.startswith(".")] == ["0"]
+    return json.loads((folder / "metrics.json").read_text())["final"]
+
+
+# two ranks: two tasks on one node, or one task on each of the two nodes
+@pytest.mark.parametrize("placement, asked, nodes", [
+    (["trainer.devices=2"], "nodes=1, tasks_per_node=2", {"n1", "n2"}),
+    (["trainer.devices=1", "trainer.num_nodes=2"], "nodes=2, tasks_per_node=1", {"n[1-2]"}),
+])
+def test_a_multi_task_job_trains_ddp_into_one_folder(slurm, small, local_ddp, tmp_path, placement, asked, nodes):
+    result = sweep(slurm, tmp_path, f"paths.data_dir={small}", *DDP, *placement)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and asked in out, out[-3000:]
+    job = tmp_path / "0"
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")] == ["0"]
     assert (job / "train_rank_1.log").is_file() and "rank 1/2 final" in (job / "train_rank_1.log").read_text()
-    local_final = json.loads((tmp_path / "local" / "metrics.json").read_text())["final"]
-    assert finals(tmp_path / "slurm") == {"0": ("completed", local_final)}
+    assert finals(tmp_path) == {"0": ("completed", local_ddp)}
+    ran_on = squeue(slurm, "-t", "all", "-j", next((tmp_path / ".submitit").iterdir()).name, "-o", "%N")
+    assert set(ran_on) <= nodes and ran_on, ran_on  # two tasks on one node; one task on each node
 
 
 @pytest.fixture
@@ -343,3 +411,39 @@ def test_search_trials_in_flight_start_as_soon_as_one_ends_on_slurm(slurm, tmp_p
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
     monkeypatch.setitem(test_search_async.LAUNCHERS, "slurm", ["hydra/launcher=slurm"])
     test_search_async.test_trials_start_as_soon_as_one_ends(tmp_path, "slurm")
+
+
+def test_the_cluster_script_refuses_a_folder_others_can_write_and_kills_only_its_own_daemons(tmp_path):
+    script = str(ROOT / "scripts" / "cluster.sh")
+    bystander = subprocess.Popen(["sleep", "300"])  # any process whose PID a planted file names
+
+    def stop(folder: Path) -> subprocess.CompletedProcess:
+        for daemon in ("slurmd-n1", "slurmctld", "munged"):
+            (folder / f"{daemon}.pid").write_text(str(bystander.pid))
+        return subprocess.run([script, "stop"], env={**os.environ, "TASK1_CLUSTER_DIR": str(folder)},
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        writable, link = tmp_path / "writable", tmp_path / "link"
+        writable.mkdir()
+        writable.chmod(0o777)
+        link.symlink_to(writable)
+        refused = [writable, link]
+        if os.geteuid() == 0:  # root can make a folder that another user owns
+            refused.append(tmp_path / "nobody")
+            refused[-1].mkdir()
+            os.chown(refused[-1], 65534, 65534)
+        for folder in refused:
+            out = stop(folder)
+            lines = out.stderr.strip().splitlines()
+            assert out.returncode == 1 and len(lines) == 1, out.stderr
+            assert f"{folder} is not a folder of" in lines[0] and "set TASK1_CLUSTER_DIR" in lines[0], lines
+        # a folder of our own: a PID file that names a process other than its daemon is left alone
+        own = tmp_path / "own"
+        own.mkdir(mode=0o755)
+        out = stop(own)
+        assert out.returncode == 0 and "slurmctld.pid names no live slurmctld (left alone)" in out.stderr, out.stderr
+        assert bystander.poll() is None, "the cluster script killed a process that was not its daemon"
+    finally:
+        bystander.kill()
+        bystander.wait()

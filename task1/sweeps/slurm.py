@@ -11,15 +11,21 @@
   SLURM sends the warning up to a minute early: the run goes on until `signal_delay_s` before the limit. SIGTERM
   (scancel, `scontrol requeue`, SLURM's preemption) also checkpoints; the job ends without a result, and SLURM
   requeues it or not. Lightning's own SLURM requeue is off (task1.core.build).
-- The command waits by reading the jobs' result files and `squeue`, never `sacct`: a job that ends without a
-  result (killed, out of memory, node lost, cancelled) is reported within seconds, with or without an
-  accounting database, and its folder keeps its checkpoints for the next start, which resumes it.
+- The command waits by reading the jobs' folders and `squeue`, never `sacct`: a job that ends without a result
+  (killed, out of memory, node lost, cancelled) is reported within seconds, with or without an accounting
+  database, and its folder keeps its checkpoints for the next start, which resumes it. A job's result is what
+  its folder says (its metrics.json; for another Hydra app, the return value the job wrote there as JSON), never
+  submitit's result pickle: whoever can write the sweep folder could make unpickling it run code here.
+- A `squeue` that fails or does not answer means "ask again later", never "ended": the command says once that
+  the scheduler does not answer, goes on reading the folders, and gives up only after `scheduler_patience_min`
+  (the jobs go on; the same command again collects them).
 - A request the cluster refuses, or a job pending for a reason that cannot clear, ends in one line naming the
   launcher's field; Ctrl-C says how to watch, collect and cancel the jobs, which go on.
 """
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -40,7 +47,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli, error_line
-from task1.io import holder, slurm_job_id, write_json
+from task1.io import holder, read_json, slurm_job_id, write_json
 from task1.sweeps import folders
 
 log = logging.getLogger("task1")
@@ -55,7 +62,9 @@ REFUSALS = (("gres", "gpus_per_node"), ("generic resource", "gpus_per_node"), ("
             ("partition", "partition"), ("time limit", "timeout_min"), ("account", "account"), ("qos", "qos"),
             ("node configuration", "cpus_per_task"), ("cpu", "cpus_per_task"), ("task", "tasks_per_node"))
 # the launcher's fields that submitit does not take as an sbatch parameter
-OWN = ("submitit_folder", "max_num_timeout")
+OWN = ("submitit_folder", "max_num_timeout", "scheduler_patience_min")
+RETURN = "job_return.json"  # in a job's folder: what its task function returned (for apps without metrics.json)
+OVER = ("completed", "pruned", "failed")  # a metrics.json status that a job's process ends with
 SHOWN = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
 
 
@@ -102,10 +111,20 @@ class Job:
     slurm: Any = None  # the submitit job, once submitted
     ret: JobReturn | None = None
     gone_since: float | None = None  # when squeue last had it running or waiting
+    stamps: tuple = ()  # metrics.json and the return file as they were at submission: a result must be newer
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+def _stamp(path: Path) -> tuple | None:
+    """Which version of a file this is: written atomically (a rename), each version is a new inode."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _run(command: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
 class SlurmLauncher(Launcher):
@@ -141,7 +160,7 @@ class SlurmLauncher(Launcher):
         setup_globals()
         sweep = Path(str(self.config.hydra.sweep.dir))
         sweep.mkdir(parents=True, exist_ok=True)
-        jobs = [self._job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        jobs = [self._stamped(self._job(initial_job_idx + i, list(o))) for i, o in enumerate(job_overrides)]
         todo = [j for j in jobs if folders.needs_work(j.folder)]
         running = [j for j in jobs if j not in todo and self._adopt(j)]  # an earlier start's SLURM jobs
         for job in jobs:
@@ -159,6 +178,10 @@ class SlurmLauncher(Launcher):
             log.info("nothing to submit: the %d jobs are over or under way", len(jobs))
         self._inflight.update(j.slurm.job_id for j in todo + running)
         return jobs, todo + running
+
+    def _stamped(self, job: Job) -> Job:
+        job.stamps = (_stamp(job.folder / "metrics.json"), _stamp(job.folder / RETURN))
+        return job
 
     def _adopt(self, job: Job) -> bool:
         """Follow the SLURM job of an earlier start of this sweep that holds `job`'s folder, as if submitted now."""
@@ -224,14 +247,24 @@ class SlurmLauncher(Launcher):
         return job.overrides, "hydra.sweep.dir", job.num, f"job_id_for_{job.num}", Singleton.get_state()
 
     def _wait(self, jobs: list[Job]) -> None:
-        start = time.monotonic()
+        start, silent_since = time.monotonic(), None
+        patience = 60 * float(self.params.get("scheduler_patience_min") or 30)
         try:
             while pending := [j for j in jobs if j.ret is None]:
                 if self._stop.is_set():  # Ctrl-C, taken by the main thread
                     raise KeyboardInterrupt
-                states = _states(j.slurm.job_id for j in pending)
+                states, trouble = _states(j.slurm.job_id for j in pending)
+                if trouble and silent_since is None:
+                    silent_since = time.monotonic()
+                    log.warning("SLURM does not answer (%s): the jobs are left as they are, and squeue is asked "
+                                "again (for up to %g minutes)", trouble, patience / 60)
+                elif not trouble and silent_since is not None:
+                    log.info("SLURM answers again, after %.0f s", time.monotonic() - silent_since)
+                    silent_since = None
+                if silent_since is not None and time.monotonic() - silent_since > patience:
+                    self._unanswered(trouble, patience)
                 for job in pending:
-                    self._poll(job, states.get(job.slurm.job_id))
+                    self._poll(job, None if trouble else states.get(job.slurm.job_id), known=not trouble)
                     if job.ret is not None:
                         self._inflight.discard(job.slurm.job_id)
                 if any(j.ret is None for j in jobs):
@@ -250,16 +283,20 @@ class SlurmLauncher(Launcher):
                   ids, ids, Path(str(self.config.hydra.sweep.dir)) / ".submitit", ids)
         sys.exit(130)
 
-    def _poll(self, job: Job, state: tuple[str, str] | None) -> None:
-        from submitit.core.utils import pickle_load
+    def _unanswered(self, trouble: str, patience: float) -> NoReturn:
+        ids = ",".join(sorted({i.split("_")[0] for i in self._inflight}))
+        self._stop.set()
+        cli.fail(Task1Error(f"SLURM has not answered squeue for {patience / 60:g} minutes ({trouble}). The jobs "
+                            f"({ids}) are left as they are: once `squeue -j {ids}` answers, run this command again to "
+                            f"collect them (or raise hydra.launcher.scheduler_patience_min)."))
 
-        result = job.slurm.paths.result_pickle
-        if result.exists():
-            outcome, value = pickle_load(result)
-            if outcome == "success":
-                job.ret = value
-                return
-            job.ret = self._ended(job, f"its process raised: {value.strip().splitlines()[-1]}")
+    def _poll(self, job: Job, state: tuple[str, str] | None, known: bool = True) -> None:
+        """Look at one job: its result in its folder, else what squeue said (`known`: squeue answered)."""
+        job.ret = self._result(job)
+        if job.ret is not None:
+            return
+        if not known:  # the scheduler did not answer: nothing is known of the job but its folder
+            job.gone_since = None
             return
         if state is not None and state[0] in ALIVE:
             job.gone_since = None
@@ -276,6 +313,29 @@ class SlurmLauncher(Launcher):
             what = f"ended as {state[0]}" if state else "is no longer known to SLURM"
             job.ret = self._ended(job, f"SLURM job {job.slurm.job_id} {what} without finishing")
 
+    def _result(self, job: Job) -> JobReturn | None:
+        """The job's result, once its folder holds one written since it was submitted and no process holds the
+        folder: a metrics.json that is over (a task1 job), else the return value the job wrote (another app)."""
+        if folders.held(job.folder):
+            return None
+        metrics = folders.read_metrics(job.folder)
+        if _stamp(job.folder / "metrics.json") != job.stamps[0] and metrics.get("status") in OVER:
+            metric = job.cfg.get("optimized_metric")
+            done = metrics["status"] == "completed" and metric
+            return self._returned(job, JobStatus.COMPLETED, metrics.get("final", {}).get(metric) if done else None)
+        saved = read_json(job.folder / RETURN)
+        if _stamp(job.folder / RETURN) == job.stamps[1] or "status" not in saved:
+            return None
+        if saved["status"] == "completed":
+            return self._returned(job, JobStatus.COMPLETED, saved.get("value"))
+        # the exception stays in the job; here, one of the same name and message (the sweeper reports it)
+        raised = type(str(saved.get("type") or "Exception"), (Exception,), {"__module__": "builtins"})
+        return self._returned(job, JobStatus.FAILED, raised(saved.get("error", "")))
+
+    def _returned(self, job: Job, status: JobStatus, value: Any) -> JobReturn:
+        return JobReturn(overrides=job.overrides, status=status, _return_value=value, working_dir=str(job.folder),
+                         task_name=str(job.cfg.hydra.job.name))
+
     def _ended(self, job: Job, why: str) -> JobReturn:
         """A job that ended without a result: its folder says so (its checkpoints stay for the next start), and
         the sweep goes on, as for a failed job."""
@@ -287,8 +347,7 @@ class SlurmLauncher(Launcher):
             write_json(job.folder / "metrics.json", {**metrics, "status": "interrupted", "error": f"{why}. {again}.",
                                                      "final": metrics.get("final", {})})
         log.error("job %d: %s (%s)", job.num, why, job.folder)
-        return JobReturn(overrides=job.overrides, status=JobStatus.COMPLETED, _return_value=None,
-                         working_dir=os.getcwd(), task_name=str(job.cfg.hydra.job.name))
+        return self._returned(job, JobStatus.COMPLETED, None)
 
     # --- inside the SLURM job
 
@@ -312,6 +371,8 @@ class SlurmLauncher(Launcher):
         ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
         folder = Path(ret.hydra_cfg.hydra.runtime.output_dir)
+        if rank == 0:
+            write_json(folder / RETURN, returned(ret))
         if folders.read_metrics(folder).get("status") == "interrupted":
             stopped(folder, rank, started)  # no result: the job is requeued, or its end is the submitter's to see
         return ret
@@ -321,12 +382,38 @@ BASE = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_
         "stderr_to_stdout"}  # submitit's own names; every other parameter is SLURM's (slurm_<name>)
 
 
-def _states(ids) -> dict[str, tuple[str, str]]:
-    """job id -> (state, reason), as squeue has them (arrays expanded); a job it no longer knows is absent."""
+def returned(ret: JobReturn) -> dict:
+    """What a job's task function returned, as JSON for its folder: a value JSON cannot hold is written as the
+    number(s) it stands for (a NumPy scalar, a tensor), else as its repr."""
+    if ret.status != JobStatus.COMPLETED:
+        error = ret._return_value
+        return {"status": "failed", "type": type(error).__name__, "error": str(error),
+                "traceback": "".join(traceback.format_exception(error))}
+    value = ret._return_value
+    for plain in (lambda v: v, float, lambda v: [float(x) for x in v], repr):
+        try:
+            json.dumps(value := plain(ret._return_value), allow_nan=True)
+            break
+        except (TypeError, ValueError):
+            continue
+    return {"status": "completed", "value": value}
+
+
+def _states(ids) -> tuple[dict[str, tuple[str, str]], str | None]:
+    """job id -> (state, reason), as squeue has them (arrays expanded; a job it no longer knows is absent), and
+    what went wrong when squeue did not answer (then nothing is known: the dict is empty)."""
     arrays = sorted({i.split("_")[0] for i in ids})
-    out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(arrays)])
+    try:
+        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(arrays)], timeout=60)
+    except subprocess.TimeoutExpired:
+        return {}, "squeue gave no answer within 60 s"
+    except OSError as e:
+        return {}, f"squeue: {e.strerror or e}"
+    said = (out.stderr.strip().splitlines() or [""])[-1].strip()
+    if out.returncode and "Invalid job id" not in said:  # (every job asked for is over and forgotten: an answer)
+        return {}, f"squeue ended with status {out.returncode}: {said}"
     rows = (line.split("|") for line in out.stdout.splitlines() if line.count("|") == 2)
-    return {i: (state, reason) for i, state, reason in rows}
+    return {i: (state, reason) for i, state, reason in rows}, None
 
 
 def check_fits(p: dict) -> None:
