@@ -171,3 +171,94 @@ def test_mlflow_logs_params_epochs_final_metrics_and_figures_as_a_server_reads_t
         runs = rest(url, "runs/search", {"experiment_ids": [experiment["experiment_id"]]})["runs"]
         folders = {t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "run_folder"}
         assert folders == {str(tmp_path / "a"), str(tmp_path / "b")}
+
+
+# -- an own model's mistakes: one line, before anything is built, no folder left ----------------------------------
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def own_model_tree(tmp_path: Path, **drop_or_set) -> Path:
+    """A --config-dir holding model/own.yaml: examples' dropout_mlp.yaml with keys dropped (None) or set."""
+    model = yaml.safe_load((EXAMPLES / "conf" / "model" / "dropout_mlp.yaml").read_text())
+    for key, value in drop_or_set.items():
+        node, *path = model, *key.split(".")
+        for part in path[:-1]:
+            node = node[part]
+        if value is None:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "own.yaml").write_text(yaml.safe_dump(model))
+    return tmp_path / "conf"
+
+
+@pytest.mark.parametrize("missing", ["loss_reduction", "task"])
+def test_an_own_model_without_a_required_key_ends_in_one_line_and_leaves_no_folder(tmp_path, fake_root, missing):
+    tree = own_model_tree(tmp_path, **{missing: None})
+    run = tmp_path / "run"
+    out = no_traceback(run_cli("--config-dir", str(tree), "model=own", f"data.root={fake_root}", "trainer=cpu",
+                               f"hydra.run.dir={run}", env={"PYTHONPATH": str(EXAMPLES)}))
+    assert f"model.{missing} is missing: a model config needs net, loss, task, loss_reduction" in out
+    assert "ConfigAttributeError" not in out and not run.exists()
+
+
+def test_an_own_model_needs_no_impl(fake_root, tmp_path, monkeypatch):
+    from task1 import api
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    tree = own_model_tree(tmp_path, **{"net.num_hiddens1": 16, "net.num_hiddens2": 16})
+    assert "impl" not in yaml.safe_load((tree / "model" / "own.yaml").read_text())
+    result = api.train("model=own", f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
+                       "figures.enabled=false", f"hydra.run.dir={tmp_path / 'run'}", config_dir=tree)
+    assert result.status == "completed" and "test/acc" in result.final
+
+
+@pytest.mark.slow  # one process that imports Lightning
+def test_an_own_model_whose_constructor_raises_ends_in_one_line_and_leaves_no_folder(tmp_path, fake_root):
+    run = tmp_path / "run"
+    out = no_traceback(run_cli("--config-dir", str(EXAMPLES / "conf"), "model=dropout_mlp",
+                               "model.net.dropout1=1.5", f"data.root={fake_root}", "trainer=cpu",
+                               f"hydra.run.dir={run}", env={"PYTHONPATH": str(EXAMPLES)}))
+    assert "model.net (mypkg.models.DropoutMLP) cannot be built: ValueError: dropout probability has to be " \
+           "between 0 and 1, but got 1.5. Fix its settings." in out
+    assert not run.exists()
+
+
+def test_a_target_that_cannot_be_imported_says_own_classes_are_allowed(make_cfg, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(Task1Error) as e:
+        train(make_cfg("model.net._target_=mypkg.models.NoSuch"))
+    message = str(e.value)
+    assert message.startswith("model.net._target_='mypkg.models.NoSuch' cannot be imported")
+    assert "or your own: its package on PYTHONPATH" in message and "of task1, torch or lightning" not in message
+
+
+def test_a_key_of_the_chosen_model_that_an_own_class_does_not_take_names_the_class(tmp_path, monkeypatch):
+    from task1 import api
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    with pytest.raises(Task1Error) as e:
+        api.train("model=mlp", "model.net._target_=mypkg.models.DropoutMLP", f"hydra.run.dir={tmp_path / 'run'}")
+    message = str(e.value)
+    assert message.startswith("model.net.num_hiddens is not a field of model.net (mypkg.models.DropoutMLP): did you "
+                              "mean model.net.num_hiddens")
+    assert "choose model=mlp" not in message and not (tmp_path / "run").exists()
+
+
+def test_another_optimizer_class_through_target_drops_the_keys_it_does_not_take(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("optimizer._target_=torch.optim.RMSprop", "optimizer.lr=0.01", "figures.enabled=false")
+    with caplog.at_level("INFO", logger="task1"):
+        metrics = train(cfg)
+    assert metrics["status"] == "completed"
+    assert "optimizer._target_=torch.optim.RMSprop takes no dampening, nesterov: dropped" in caplog.text
+    saved = yaml.safe_load((tmp_path / "config_resolved.yaml").read_text())["optimizer"]
+    assert saved == {"_target_": "torch.optim.RMSprop", "_partial_": True, "lr": 0.01, "momentum": 0.0,
+                     "weight_decay": 0.0}
+
+
+def test_a_made_up_key_beside_another_optimizer_class_is_still_refused(make_cfg):
+    with pytest.raises(Task1Error, match=r"optimizer.alpah is not a field of optimizer \(torch.optim.RMSprop\): did "
+                                         r"you mean optimizer.alpha\?"):
+        train(make_cfg("optimizer._target_=torch.optim.RMSprop", "+optimizer.alpah=0.9"))
