@@ -38,8 +38,10 @@ PREFIXES = ("task1", "hydra_plugins.task1_optuna", "hydra_plugins.task1_slurm", 
 # resolvers that read nothing outside the config; oc.env is checked apart (the variables conf/ reads)
 RESOLVERS = ("now", "hydra", "oc.select", "oc.dict.keys", "oc.dict.values")
 # the hydra.* keys a saved sweep's overrides may set (task1's own folders, its sweeper and launcher settings)
-HYDRA_KEYS = ("hydra.mode", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.sweeper", "hydra.launcher",
-              "hydra.callbacks.sweep_report", "hydra.job.name", "hydra.job.chdir", "hydra.verbose")
+HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.output_subdir",
+              "hydra.sweeper", "hydra.launcher", "hydra.callbacks.sweep_report", "hydra.job.name", "hydra.job.chdir",
+              "hydra.verbose")
+INSIDE = ("hydra.job.name", "hydra.sweep.subdir", "hydra.output_subdir")  # names of files or folders in a job's
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.\-]*)\s*:")
 _ENV = re.compile(r"\$\{\s*oc\.env\s*:\s*([^,}]*)")
 
@@ -149,9 +151,9 @@ def check_config(config: dict, source: str) -> None:
         raise UntrustedError(f"{source} is not a config (a mapping of keys): it cannot be a task1 run's.")
     for node in ("hydra", "defaults"):
         if node in config:
-            raise UntrustedError(f"{source} holds a {node}: node, which Hydra never saves in a run's config: its "
-                                 f"logging set-up, callbacks and job name would act on this machine. Remove it "
-                                 f"(task1 uses its own, conf/hydra/).")
+            raise UntrustedError(f"{source}: a {node}: node is not taken from a saved config (Hydra never saves "
+                                 f"one there; its logging set-up, callbacks and job name would act on this "
+                                 f"machine). Remove it: task1 uses its own, conf/hydra/.")
     leaves = list(_walk(config))
     for key, value in leaves:
         _resolvers(key, value, source)
@@ -192,7 +194,7 @@ def check_overrides(overrides: list[str], source: str) -> None:
         values = override.value()
         values = getattr(values, "list", [values])  # a swept list: each value
         for value in values:
-            if key in ("hydra.job.name", "hydra.sweep.subdir") and not _inside(str(value)):
+            if key in INSIDE and value is not None and not _inside(str(value)):
                 raise UntrustedError(f"{source}: the saved override {line} would put a job's files outside "
                                      f"its folder. Remove it from the file.")
             if key.rpartition(".")[2] in ("_target_", "()"):
