@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, error_line
+from task1.core import trust
 from task1.core.runs import check_writable
 from task1.io import dotted, override_key
 
@@ -214,6 +215,7 @@ def rerun_argv(argv: list[str]) -> list[str]:
         if name in CONFIG_DIR_FLAGS and (value or i + 1 < len(args)):
             path = Path(value or args[i + 1])
             if (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file():  # a saved run, not conf/
+                trust.check_saved_dir(path)  # data, not code: what it would build is checked first
                 args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
                 return _with_saved_defaults(path, args)
     return args
@@ -235,6 +237,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     if (run / "multirun.yaml").is_file():
         return resume_sweep_argv(argv[0], run, rest)
     hydra_dir = saved_config_dir(run, how="resume=")
+    trust.check_saved_dir(hydra_dir)
     groups = group_overrides(rest)
     if groups:
         raise Task1Error(f"resume={run}: {' '.join(groups)} would choose another config option, and a resumed run "
@@ -253,6 +256,7 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
     a swept list); jobs are matched to their folders by their overrides (task1/sweeps/folders.py), so what
     ended is reused and what was interrupted resumes.
     """
+    trust.check_sweep(sweep)  # its saved overrides and config: data, not code
     saved = OmegaConf.load(sweep / "multirun.yaml").hydra
     flags, rest = config_dir_flags([a for a in rest if a not in ("-m", "--multirun")])
     flags = flags or recorded_config_dirs(saved, sweep)  # the sweep's own config folders, made absolute
@@ -266,8 +270,9 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
 
 
 def train_argv(argv: list[str]) -> list[str]:
-    """`python -m task1.train`'s arguments with a saved run's folder (rerun, resume) turned into its config."""
-    return resume_argv(rerun_argv(argv))
+    """`python -m task1.train`'s arguments with a saved run's folder (rerun, resume) turned into its config;
+    `trust=` taken out (task1.core.trust)."""
+    return resume_argv(rerun_argv(trust.take_trust(argv)))
 
 
 def rerun_main_argv(argv: list[str]) -> list[str]:
@@ -277,8 +282,9 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
         print("usage: task1 rerun <run folder> [overrides]", file=sys.stderr)
         sys.exit(2)
     hydra_dir = saved_config_dir(argv[1])
-    flags, rest = config_dir_flags(argv[2:])
+    flags, rest = config_dir_flags(trust.take_trust(argv[2:]))
     if group_overrides(rest):  # composed afresh: with the run's own config folders, unless given new ones
+        trust.check_saved_run(hydra_dir)  # its overrides: data, not code
         dirs = flags or recorded_config_dirs(OmegaConf.load(hydra_dir / "hydra.yaml").hydra, hydra_dir.parent)
         return [argv[0], *dirs, *_recomposed(hydra_dir, rest)]
     return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *flags, *rest])
