@@ -10,17 +10,23 @@ from torch.utils.tensorboard.summary import hparams
 
 from task1 import drawer
 
-# not choices: where files go, model.net/model.loss, which only repeat model.* by interpolation, and where an
-# Optuna search keeps the trial (its job folder is named by the trial's number)
+# not choices: where files go, model.net/model.loss, which only repeat model.* by interpolation, where an
+# Optuna search keeps the trial (its job folder is named by the trial's number), and where a run starts from
 _NOT_HPARAMS = ("output_dir", "optimized_metric", "logger/", "model/net/", "model/loss/", "data/root", "data/download",
-                "paths/", "optuna/")
+                "paths/", "optuna/", "ckpt_path", "resume")
+# groups whose option may be a list (logger=[tensorboard,mlflow]): Hydra records no choice for a list, the config
+# has one entry per option chosen
+_LIST_GROUPS = ("logger", "callbacks")
 
 
 def hparams_record(config: dict, final: dict, choices: dict | None = None) -> tuple[dict, dict]:
-    """A run as hyperparameters and final metrics: the config groups chosen (model=mlp) and the config's scalars
-    as hyperparameters, the final metrics as hparams/*."""
+    """A run as hyperparameters and final metrics: the config groups chosen (model=mlp, logger=[csv,mlflow]) and
+    the config's scalars as hyperparameters, the final metrics as hparams/*."""
     flat = {k: str(v) for k, v in (choices or {}).items()
-            if not k.startswith("hydra/") and k != "paths" and v is not None}
+            if not k.startswith("hydra") and k != "paths" and v is not None}  # hydra: Hydra's own set-up
+    for group in _LIST_GROUPS:
+        if choices is not None and group not in flat and isinstance(config.get(group), dict) and config[group]:
+            flat[group] = f"[{','.join(config[group])}]"
 
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():
