@@ -278,3 +278,19 @@ def test_the_users_own_classes_run_from_their_command_line_and_from_a_saved_run_
                        env=env))
     assert ran(run_cli("-m", "task1", "rerun", str(tmp_path / "b"), f"hydra.run.dir={tmp_path / 'd'}",
                        env={**env, trust.TRUST_ENV: "otherpkg,mypkg"}))
+
+
+def test_a_sweep_cannot_name_a_config_outside_its_folders(finished, tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "conf").mkdir(parents=True)
+    record = yaml.safe_load((finished / ".hydra" / "hydra.yaml").read_text())
+    record["hydra"]["job"]["config_name"] = "../../../evil"
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(trust.UntrustedError, match="outside its config folder"):
+        trust.check_sweep(sweep)
+    record["hydra"]["job"]["config_name"] = "config"
+    record["hydra"]["runtime"]["cwd"] = str(sweep)
+    record["hydra"]["runtime"]["config_sources"].append({"path": "conf", "schema": "file", "provider": "command-line"})
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(trust.UntrustedError, match="inside the folder itself"):
+        trust.check_sweep(sweep)

@@ -234,8 +234,9 @@ def check_saved_dir(hydra_dir: Path, name: str = "config") -> None:
 def check_saved_run(hydra_dir: Path) -> None:
     """A run's `.hydra` folder whose `hydra.yaml` gives the overrides a rerun composes from conf/ again."""
     saved = read_saved_yaml(hydra_dir / "hydra.yaml")
-    task = (saved.get("hydra") or {}).get("overrides", {}).get("task", []) if isinstance(saved, dict) else []
-    check_overrides(list(task or []), str(hydra_dir / "hydra.yaml"))
+    hydra = (saved.get("hydra") if isinstance(saved, dict) else None) or {}
+    check_overrides(list((hydra.get("overrides") or {}).get("task") or []), str(hydra_dir / "hydra.yaml"))
+    _config_dirs_outside(hydra, hydra_dir.parent, hydra_dir / "hydra.yaml")
 
 
 def check_sweep(sweep: Path) -> None:
@@ -248,9 +249,32 @@ def check_sweep(sweep: Path) -> None:
         raise UntrustedError(f"{path} has no hydra: node: it is not the record of a sweep. Pass a sweep folder.")
     overrides = hydra.get("overrides") or {}
     check_overrides([*(overrides.get("hydra") or []), *(overrides.get("task") or [])], str(path))
-    sources = (hydra.get("runtime") or {}).get("config_sources") or []
-    for source in sources:
-        if isinstance(source, dict) and source.get("provider") == "main" and source.get("schema") == "file":
+    name = str((hydra.get("job") or {}).get("config_name", "config"))
+    if not _inside(name) or "/" in name or "\\" in name:
+        raise UntrustedError(f"{path}: its config name {name} lies outside its config folder. Pass a sweep "
+                             f"folder task1 wrote.")
+    for source in _sources(hydra):
+        if source.get("provider") == "main" and source.get("schema") == "file":
             main = Path(str(source.get("path"))).resolve()
             if main != _conf() and ((main / "hydra.yaml").is_file() or main.is_relative_to(sweep.resolve())):
-                check_saved_dir(main, str((hydra.get("job") or {}).get("config_name", "config")))
+                check_saved_dir(main, name)
+    _config_dirs_outside(hydra, sweep, path)
+
+
+def _sources(hydra: dict) -> list[dict]:
+    sources = (hydra.get("runtime") or {}).get("config_sources") or []
+    return [s for s in sources if isinstance(s, dict)]
+
+
+def _config_dirs_outside(hydra: dict, folder: Path, path: Path) -> None:
+    """The config folders a run or sweep recorded (`--config-dir`, `hydra.searchpath`), which a rerun or a resumed
+    sweep uses again, must be the user's own: one inside the shared folder itself would bring its own configs."""
+    cwd = Path(str((hydra.get("runtime") or {}).get("cwd") or "."))
+    for source in _sources(hydra):
+        provider = str(source.get("provider"))
+        if source.get("schema") == "file" and (provider == "command-line" or provider.startswith("hydra.searchpath")):
+            where = (cwd / str(source.get("path"))).resolve()
+            if where.is_relative_to(folder.resolve()):
+                raise UntrustedError(f"{path}: it records the config folder {where}, inside the folder itself: "
+                                     f"configs shipped with a run are data, not code. Copy the ones you trust to a "
+                                     f"folder of your own, and train anew with --config-dir <folder>.")
