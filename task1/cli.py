@@ -10,6 +10,7 @@ import importlib.resources
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -19,8 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, error_line
 from task1.core import trust
-from task1.core.runs import check_writable
-from task1.io import dotted, override_key
+from task1.core.runs import check_writable, task1_command
+from task1.io import FolderInUseError, dotted, hold, override_key
 
 
 def _conf() -> Path:
@@ -85,6 +86,7 @@ class WritableFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
+        self._not_held(Path(str(OmegaConf.select(config, "hydra.run.dir"))))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")  # the jobs' folders are made inside it, one by one
@@ -96,8 +98,26 @@ class WritableFolder(Callback):
         try:
             check_writable(folder)
         except OSError as e:
+            raw = OmegaConf.to_container(OmegaConf.select(config, key.rpartition(".")[0]), resolve=False)["dir"]
+            if "${paths.output_dir}" in str(raw):  # the default folder: what the user chose is paths.output_dir
+                fail(Task1Error(f"paths.output_dir={config.paths.output_dir}: the folder {folder} cannot be made or "
+                                f"written ({error_line(e)}). Choose another with paths.output_dir=<folder> (or "
+                                f"TASK1_OUTPUT_DIR=<folder>), or free space / fix the permissions."))
             fail(Task1Error(f"{key}={folder}: this folder cannot be made or written ({error_line(e)}). Choose "
                                 f"another with {key}=<folder>, or free space / fix the permissions."))
+
+    @staticmethod
+    def _not_held(folder: Path) -> None:
+        """A folder that another process holds (a run training in it) is refused here, before Hydra writes .hydra/
+        and train.log into it. A rank other than 0 follows its rank 0, which holds the folder: it goes on."""
+        from task1.sweeps.folders import held, other_rank
+
+        if held(folder) and not other_rank():
+            try:
+                with hold(folder):  # its FolderInUseError names the holder (unless it ended just now)
+                    pass
+            except FolderInUseError as e:
+                fail(e)
 
 
 def saved_config_dir(run: str | Path, how: str = "") -> Path:
@@ -265,7 +285,8 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
     config = []
     if main and (Path(main[0]) != CONF or saved.job.config_name != "config"):  # e.g. a rerun's saved config
         config = ["--config-path", main[0], "--config-name", saved.job.config_name]
-    kept = [o for o in [*saved.overrides.hydra, *saved.overrides.task] if override_key(o) not in given]
+    recorded = OmegaConf.to_container(saved.overrides, resolve=False)  # as typed: `${optimizer.lr}` stays one
+    kept = [o for o in [*recorded["hydra"], *recorded["task"]] if override_key(o) not in given]
     return [argv0, "--multirun", *config, *flags, *kept, *rest, f"hydra.sweep.dir={sweep}"]
 
 
@@ -286,7 +307,9 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
     if group_overrides(rest):  # composed afresh: with the run's own config folders, unless given new ones
         trust.check_saved_run(hydra_dir)  # its overrides: data, not code
         dirs = flags or recorded_config_dirs(OmegaConf.load(hydra_dir / "hydra.yaml").hydra, hydra_dir.parent)
-        return [argv[0], *dirs, *_recomposed(hydra_dir, rest)]
+        recomposed = _recomposed(hydra_dir, rest)
+        check_recomposes(hydra_dir, dirs, rest)
+        return [argv[0], *dirs, *recomposed]
     return rerun_argv([argv[0], "--config-dir", str(hydra_dir), "--config-name", "config", *flags, *rest])
 
 
@@ -304,8 +327,64 @@ def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
                          f"python -m task1.train {' '.join(args)}")
     given = {override_key(a) for a in args}
     chosen = tuple(f"{override_key(a)}." for a in group_overrides(args))  # an option chosen anew brings its fields
-    kept = (o for o in saved.overrides.task if override_key(o) not in given and not override_key(o).startswith(chosen))
+    kept = (o for o in OmegaConf.to_container(saved.overrides.task, resolve=False)
+            if override_key(o) not in given and not override_key(o).startswith(chosen))
     return [*kept, *args]
+
+
+def _compose_conf(overrides: list[str]) -> DictConfig:
+    """conf/config.yaml composed with `overrides` (no hydra node), as `python -m task1.train` would."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), job_name="train", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def _as_override(key: str, value: Any) -> str:
+    """`key=value` as Hydra's override grammar reads it back."""
+    if isinstance(value, str) and not re.fullmatch(r"[\w./:-]+", value):
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+
+
+def check_recomposes(hydra_dir: Path, dirs: list[str], args: list[str]) -> None:
+    """Refuse a rerun that composes the run afresh (a config option chosen anew) where the run's recorded
+    overrides no longer compose its saved config: a value set in Python (`cfg.optimizer.lr = 0.2` before
+    `api.train(cfg)`), or conf/ edited since. Everything the rerun's `args` leave alone must be as the run had it;
+    the refusal names the overrides that make it so."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    flagged = [f"file://{Path(d.partition('=')[2] or d).resolve()}" for d in dirs if not d.startswith("hydra.")
+               and d not in CONFIG_DIR_FLAGS]  # --config-dir X, as an override (compose takes no flags)
+    overrides = [d for d in dirs if d.startswith("hydra.")] + searchpath_override(flagged)
+    run, groups = hydra_dir.parent, " ".join(group_overrides(args))
+    recorded = OmegaConf.to_container(OmegaConf.load(hydra_dir / "hydra.yaml").hydra.overrides.task, resolve=False)
+    try:
+        now = dotted(OmegaConf.to_container(_compose_conf([*overrides, *recorded]), resolve=False))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise Task1Error(f"{run}: its recorded overrides no longer compose ({error_line(e)}), so it cannot be "
+                         f"composed afresh with {groups}: rerun it without {groups}.") from None
+    then = dotted(OmegaConf.to_container(OmegaConf.load(hydra_dir / "config.yaml"), resolve=False))
+    given = tuple(override_key(a) for a in args if "=" in a)
+    # a key the run has not (added to conf/ since) is left to its default: the run had none
+    differ = [k for k in sorted(then) if now.get(k, "<absent>") != then[k]
+              and not any(k == g or k.startswith(g + ".") for g in given)]
+    if not differ:
+        return
+    shown = "; ".join(f"{k}: {then[k]} in the run, {now.get(k, '<absent>')} composed" for k in differ[:4]) + (
+        f"; and {len(differ) - 4} more" if len(differ) > 4 else "")
+    fix = [_as_override(k if k in now else f"+{k}", then[k]) for k in differ]
+    raise Task1Error(f"{run}: its saved config is not what its recorded overrides compose today ({shown}: set in "
+                     f"Python, or conf/ changed since), so choosing {groups} anew would change those too. Give them: "
+                     f"{task1_command()} rerun {run} {' '.join(args)} {' '.join(fix)}; or rerun it without {groups}.")
 
 
 def train_help() -> str:
