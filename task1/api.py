@@ -363,19 +363,24 @@ def _logged_to(path: Path) -> Iterator[None]:
     lines also on stdout when nothing else would show them (a notebook without logging set up)."""
     file = logging.FileHandler(path)
     file.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    task1_log = logging.getLogger("task1")
+    task1_log, added = logging.getLogger("task1"), []
     if not task1_log.hasHandlers():
         console = logging.StreamHandler(sys.stdout)
         console.setFormatter(logging.Formatter("%(message)s"))
-        task1_log.addHandler(console)
+        added.append((task1_log, console))
     if task1_log.getEffectiveLevel() > logging.INFO:
         task1_log.setLevel(logging.INFO)
-    for name in ("task1", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).addHandler(file)
+    added += [(logging.getLogger(name), file) for name in ("task1", "lightning.pytorch", "lightning.fabric")]
+    for logger, handler in added:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        file.close()  # the handlers and levels themselves are put back by _as_found
+        # taken off here, not only by _as_found: a logger made during the call (Lightning's, on the first call of
+        # a process) is not among those it puts back, and would send the next run's lines into this run's log
+        for logger, handler in added:
+            logger.removeHandler(handler)
+        file.close()
 
 
 @contextlib.contextmanager
