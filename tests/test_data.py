@@ -2,6 +2,7 @@
 
 import gzip
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -183,6 +184,40 @@ def test_download_failure_is_one_short_message(tmp_path, monkeypatch):
     assert re.search(r"\(RuntimeError: Error downloading train-images-idx3-ubyte.gz: .*No such file or directory",
                      str(e.value))
     assert isinstance(e.value.__cause__, RuntimeError)
+
+
+def test_a_failed_download_takes_back_what_it_made_and_nothing_the_user_had(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.FashionMNIST, "mirrors", [f"file://{tmp_path}/no-mirror/"])
+    with pytest.raises(Task1Error, match="Downloading Fashion-MNIST failed"):
+        prepare_files(tmp_path / "fresh" / "data", download=True)
+    assert not (tmp_path / "fresh").exists()  # the data folder it made: gone, up to the folder that was there
+    raw = tmp_path / "mine" / "FashionMNIST" / "raw"  # the user's folder, with a file of theirs
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("mine")
+    with pytest.raises(Task1Error, match="Downloading Fashion-MNIST failed"):
+        prepare_files(tmp_path / "mine", download=True)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "mine").rglob("*")) == [
+        "mine/FashionMNIST", "mine/FashionMNIST/raw", "mine/FashionMNIST/raw/notes.txt"]  # no .download.lock
+
+
+SHOW_OFFLINE = """
+import runpy, sys
+from torchvision import datasets
+datasets.FashionMNIST.mirrors = [sys.argv[1]]  # unreachable without the network: a folder that does not exist
+sys.argv = ["show", "paths.output_dir=" + sys.argv[2]]
+runpy.run_module("task1.tools.show", run_name="__main__")
+"""
+
+
+def test_show_without_the_data_leaves_no_data_folder_behind(tmp_path):
+    cwd = tmp_path / "here"
+    cwd.mkdir()
+    result = subprocess.run([sys.executable, "-c", SHOW_OFFLINE, f"file://{tmp_path}/no-mirror/",
+                             str(tmp_path / "out")], cwd=cwd, capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k != "TASK1_DATA_DIR"})
+    assert result.returncode == 1 and "Downloading Fashion-MNIST failed" in result.stderr + result.stdout, \
+        result.stderr[-2000:]
+    assert list(cwd.iterdir()) == []  # no data/FashionMNIST/ in the folder it ran in
 
 
 DOWNLOAD_AND_READ = """

@@ -1,5 +1,6 @@
 """Fashion-MNIST, read and verified by torchvision, then kept in memory as one tensor per split."""
 
+import contextlib
 import gzip
 import os
 import shutil
@@ -65,10 +66,27 @@ def prepare_files(root: str | os.PathLike, download: bool) -> Path:
         raise Task1Error(_missing_message(raw))
     # one download at a time (jobs of a sweep start together on a fresh machine), into a folder of its own: the
     # files appear in raw/ whole and verified, or not at all; a job that waited finds them there
-    with locked(raw.parent / ".download.lock"):
-        if not all((raw / n).is_file() for n in FILES):
-            _download(raw)
+    lock = raw.parent / ".download.lock"
+    made = [p for p in (lock, raw, *raw.parents) if not p.exists()]  # what a failed attempt takes back
+    try:
+        with locked(lock):
+            if not all((raw / n).is_file() for n in FILES):
+                _download(raw)
+    except Task1Error:
+        _remove_if_empty(made)
+        raise
     return raw
+
+
+def _remove_if_empty(made: list[Path]) -> None:
+    """Remove the lock file and the folders a failed download made (innermost first), each only while it holds
+    nothing: another job's download, or a file the user put there meanwhile, stays."""
+    for path in made:
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                path.rmdir()
+            elif path.stat().st_size == 0:
+                path.unlink()
 
 
 def _download(raw: Path) -> None:
