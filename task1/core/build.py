@@ -27,7 +27,7 @@ from task1.core.checkpoints import AtomicCheckpointIO, LastCheckpoint, check_com
 from task1.core.config import entries, validate
 from task1.core.hparams import log_final
 from task1.core.provenance import provenance
-from task1.core.runs import check_resume, check_run_folder, failure_metrics, run_dir, task1_command
+from task1.core.runs import check_resume, check_run_folder, failure_metrics, no_space_error, run_dir, task1_command
 from task1.core.shortcuts import QuietProfiler
 from task1.data.module import DataModule
 from task1.io import write_json
@@ -251,7 +251,18 @@ def summary_table(final: dict) -> str:
 def fit(cfg: DictConfig, callbacks: tuple[Callback, ...] = ()) -> tuple[dict, System]:
     """Fit, then test, the model of `cfg` (checked: task1.core.config.validate) with `callbacks` added; write
     `metrics.json` into the run folder; return its contents and the trained LightningModule. The figures may
-    still be drawing (task1.drawer.settle waits for them)."""
+    still be drawing (task1.drawer.settle waits for them). A full disk, before, during or after training, ends in
+    task1's one line that says so."""
+    try:
+        return _fit(cfg, callbacks)
+    except OSError as e:  # (one during training is already that line: _fit records it in metrics.json)
+        full = no_space_error(e, run_dir(cfg))
+        if full is None:
+            raise
+        raise full from e
+
+
+def _fit(cfg: DictConfig, callbacks: tuple[Callback, ...]) -> tuple[dict, System]:
     start, origin = time.perf_counter(), provenance()  # before training: the commit the run started from
     datamodule, system, trainer, out, resume_from, predictions = assemble(cfg, callbacks)
     pruning = next((c for c in trainer.callbacks if isinstance(c, Pruning)), None)

@@ -135,16 +135,21 @@ def resume_command(out: Path) -> str:
     return f"{task1_command()} train resume={sweep or out}"
 
 
-def _no_space(error: BaseException) -> OSError | None:
-    """The full disk (or quota) behind `error`, wherever it surfaced: torch's checkpoint writer, for one, raises
-    its own RuntimeError ("unexpected pos") with the OSError only as its context."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
+def no_space_error(error: BaseException, out: Path) -> Task1Error | None:
+    """The one line for a full disk (or quota) behind `error`, wherever it surfaced (torch's checkpoint writer, for
+    one, raises its own RuntimeError, "unexpected pos", with the OSError only as its context), its cause kept;
+    None for any other error."""
+    full, seen = error, set()
+    while full is not None and not (isinstance(full, OSError) and full.errno in (errno.ENOSPC, errno.EDQUOT)):
+        seen.add(id(full))
+        full = full.__cause__ or full.__context__
+        full = None if id(full) in seen else full
+    if full is None:
+        return None
+    cause = error_line(error) + (f"; caused by {error_line(full)}" if full is not error else "")
+    then = (f"then go on with: {resume_command(out)}" if (out / "checkpoints" / "last.ckpt").is_file() else
+            "then start it again")  # the files written before are whole (atomic writes): a resume goes on from them
+    return Task1Error(f"no space left on {_device(out)} while writing into {out}: free space there, {then} ({cause})")
 
 
 def _device(path: Path) -> str:
@@ -165,7 +170,7 @@ def failure_metrics(error: BaseException, history: list, seed: int | None,
                     out: Path) -> tuple[dict, Task1Error | None]:
     """metrics.json for a run that stopped early, and the Task1Error to raise instead of `error` (None: re-raise)."""
     replacement = None
-    full = _no_space(error) if not isinstance(error, Task1Error) else None
+    full = no_space_error(error, out) if not isinstance(error, Task1Error) else None
     if isinstance(error, Task1Error):
         status, reason = "failed", str(error)
     elif _stopped_by_signal(error):
@@ -173,13 +178,8 @@ def failure_metrics(error: BaseException, history: list, seed: int | None,
         reason = (f"Stopped by a signal during epoch {len(history) + 1} (checkpoints/last.ckpt holds the latest "
                   f"state). Continue with: {resume_command(out)}")
         replacement = InterruptedRunError(reason)
-    elif full is not None:  # a checkpoint, a log or a figure could not be written; the earlier files are whole
-        cause = error_line(error) + (f"; caused by {error_line(full)}" if full is not error else "")
-        then = (f"then go on with: {resume_command(out)}" if (out / "checkpoints" / "last.ckpt").is_file() else
-                "then start it again")
-        status = "failed"
-        reason = f"no space left on {_device(out)} while writing into {out}: free space there, {then} ({cause})"
-        replacement = Task1Error(reason)
+    elif full is not None:  # a checkpoint, a log or a figure could not be written
+        status, reason, replacement = "failed", str(full), full
     else:
         status, reason = "failed", f"{type(error).__name__}: {error}"
     metrics = {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {},
