@@ -350,7 +350,8 @@ def test_a_multi_task_job_trains_ddp_into_one_folder(slurm, small, local_ddp, tm
     assert [p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")] == ["0"]
     assert (job / "train_rank_1.log").is_file() and "rank 1/2 final" in (job / "train_rank_1.log").read_text()
     assert finals(tmp_path) == {"0": ("completed", local_ddp)}
-    ran_on = squeue(slurm, "-t", "all", "-j", next((tmp_path / ".submitit").iterdir()).name, "-o", "%N")
+    job_id = next(p.name for p in (tmp_path / ".submitit").iterdir() if p.is_dir())
+    ran_on = squeue(slurm, "-t", "all", "-j", job_id, "-o", "%N")
     assert set(ran_on) <= nodes and ran_on, ran_on  # two tasks on one node; one task on each node
 
 

@@ -24,6 +24,7 @@
 """
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -47,7 +48,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli, error_line
-from task1.io import holder, read_json, slurm_job_id, write_json
+from task1.io import holder, read_json, slurm_job_id, write_atomic, write_json
 from task1.sweeps import folders
 
 log = logging.getLogger("task1")
@@ -63,6 +64,7 @@ REFUSALS = (("gres", "gpus_per_node"), ("generic resource", "gpus_per_node"), ("
             ("node configuration", "cpus_per_task"), ("cpu", "cpus_per_task"), ("task", "tasks_per_node"))
 # the launcher's fields that submitit does not take as an sbatch parameter
 OWN = ("submitit_folder", "max_num_timeout", "scheduler_patience_min")
+SUBMITTED = ".slurm_job"  # in a job's folder: the SLURM job last submitted for it
 RETURN = "job_return.json"  # in a job's folder: what its task function returned (for apps without metrics.json)
 OVER = ("completed", "pruned", "failed")  # a metrics.json status that a job's process ends with
 SHOWN = ("partition", "nodes", "tasks_per_node", "cpus_per_task", "gpus_per_node", "mem_gb", "timeout_min")
@@ -161,8 +163,8 @@ class SlurmLauncher(Launcher):
         sweep = Path(str(self.config.hydra.sweep.dir))
         sweep.mkdir(parents=True, exist_ok=True)
         jobs = [self._stamped(self._job(initial_job_idx + i, list(o))) for i, o in enumerate(job_overrides)]
-        todo = [j for j in jobs if folders.needs_work(j.folder)]
-        running = [j for j in jobs if j not in todo and self._adopt(j)]  # an earlier start's SLURM jobs
+        running = self._adopt(jobs)  # an earlier start's SLURM jobs
+        todo = [j for j in jobs if j not in running and folders.needs_work(j.folder)]
         for job in jobs:
             if job not in todo and job not in running:  # over, or held elsewhere: the job itself says which
                 job.ret = self._run_here(job)
@@ -183,15 +185,31 @@ class SlurmLauncher(Launcher):
         job.stamps = (_stamp(job.folder / "metrics.json"), _stamp(job.folder / RETURN))
         return job
 
-    def _adopt(self, job: Job) -> bool:
-        """Follow the SLURM job of an earlier start of this sweep that holds `job`'s folder, as if submitted now."""
+    def _adopt(self, jobs: list[Job]) -> list[Job]:
+        """The jobs that a SLURM job of an earlier start of this sweep holds, or waits to run (pending, requeued),
+        each followed as if submitted now: submitting them again would run two SLURM jobs for one folder."""
         from submitit.slurm.slurm import SlurmJob
 
-        found = re.search(r"\(SLURM job (\S+)\)", holder(job.folder))
-        if not found or not folders.held(job.folder):
-            return False
-        job.slurm = SlurmJob(folder=self.params["submitit_folder"], job_id=found.group(1))
-        return job.slurm.paths.submitted_pickle.exists()  # submitted by this sweep: it will write a result
+        earlier = {}
+        for job in jobs:  # the job that holds (or last held) the folder, and the last one submitted for it
+            if folders.ended(folders.read_metrics(job.folder)):
+                earlier[job.num] = []  # over: reused here, whatever SLURM still says of its job
+                continue
+            named = re.findall(r"\(SLURM job (\S+)\)", holder(job.folder))
+            with contextlib.suppress(OSError):
+                named.append((job.folder / SUBMITTED).read_text().strip())
+            found = [SlurmJob(folder=self.params["submitit_folder"], job_id=i) for i in dict.fromkeys(named)]
+            earlier[job.num] = [j for j in found if j.paths.submitted_pickle.exists()]  # this sweep's
+        ids = [j.job_id for found in earlier.values() for j in found]
+        states = _states(ids)[0] if ids else {}  # (squeue silent: nothing known to wait for)
+        held = {job.num for job in jobs if earlier[job.num] and folders.held(job.folder)}
+        for job in jobs:
+            for slurm in earlier[job.num]:
+                holds = job.num in held and f"(SLURM job {slurm.job_id})" in holder(job.folder)
+                if holds or states.get(slurm.job_id, ("",))[0] in ALIVE:
+                    job.slurm = slurm
+                    break
+        return [job for job in jobs if job.slurm is not None]
 
     def _job(self, num: int, overrides: list[str]) -> Job:
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -229,10 +247,18 @@ class SlurmLauncher(Launcher):
                 try:
                     with contextlib.redirect_stderr(io.StringIO()):  # submitit repeats sbatch's words there
                         handles = executor.map_array(self, *zip(*[self._args(j) for j in group], strict=True))
+                except OSError as e:  # submitit writes each job's pickle and script before sbatch sees them
+                    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                        raise Task1Error(refusal(e, p)) from None
+                    raise Task1Error(f"the jobs' files could not be written in {sweep / '.submitit'} "
+                                     f"({error_line(e)}): free the space (or fix the folder), then run the same "
+                                     f"command again.") from None
                 except Exception as e:
                     raise Task1Error(refusal(e, p)) from None
                 for job, handle in zip(group, handles, strict=True):
                     job.slurm = handle
+                    if job.folder.is_dir():  # a start after this one follows it, even before it runs
+                        write_atomic(job.folder / SUBMITTED, handle.job_id)
                     submitted.append(handle.job_id)
                     log.info("\t#%d %s: %s", job.num, handle.job_id, " ".join(filter_overrides(job.overrides)))
         except Task1Error:
