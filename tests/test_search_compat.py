@@ -252,9 +252,10 @@ def test_the_search_adds_no_override_a_job_folder_name_would_spell_out(tmp_path)
                for f in folders)
 
 
-def test_a_grid_search_started_again_fails_its_last_point_left_running_and_goes_on(tmp_path):
-    # the last grid point, left running by a search that stopped: failing it ends the grid, and Optuna's
-    # GridSampler then calls study.stop(), which raises outside study.optimize
+def test_a_grid_search_started_again_runs_its_last_point_left_running_and_ends(tmp_path):
+    # the last grid point, asked by a search that was killed before its job began: it is launched again (with its
+    # own number and value) and its end ends the grid, where Optuna's GridSampler calls study.stop(), which raises
+    # outside study.optimize
     conf = {"defaults": [{"override hydra/sweeper": "optuna_search"}, {"override hydra/sweeper/sampler": "grid"}],
             "hydra": {"sweeper": {"direction": "minimize", "study_name": "sphere", "storage": None, "n_trials": 2,
                                   "n_jobs": 1, "params": {"x": "choice(-1, 1)"}}},
@@ -267,7 +268,9 @@ def test_a_grid_search_started_again_fails_its_last_point_left_running_and_goes_
     study.ask().suggest_categorical("x", [-1, 1])  # the other point, as a search that was killed leaves it
     out = run_app(app, f"hydra.sweep.dir={sweep}", "hydra.job.chdir=False")
     assert "Traceback" not in out and "trial 1 was left running by a search that stopped" in out, out[-3000:]
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "it is launched again" in out and "recorded as failed" not in out
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert sorted(t.params["x"] for t in study.trials) == [-1, 1] and results(sweep)["n_trials"] == 2
 
 
 def test_a_study_that_holds_its_trials_already_is_left_as_it_is(tmp_path):

@@ -128,6 +128,20 @@ def needs_work(folder: Path) -> bool:
     return not ended(read_metrics(folder)) and not held(folder)
 
 
+def record_stop(folder: Path, why: str) -> bool:
+    """Make the metrics.json of a job that stopped without recording it (killed before its training took the
+    signal, or never begun) say so: `interrupted`, `why`, and how it goes on. A job that recorded how it ended, or
+    that a live process holds, is left as it is. Returns whether it was written."""
+    metrics = read_metrics(folder)
+    if metrics.get("status") in ("completed", "pruned", "failed", "interrupted") or held(folder):
+        return False
+    last = folder / "checkpoints" / "last.ckpt"
+    again = f"resume it from {last}" if last.is_file() else "train it"
+    write_json(folder / "metrics.json", {**metrics, "status": "interrupted", "final": metrics.get("final", {}),
+                                         "error": f"{why}. Run the same command again to {again}."})
+    return True
+
+
 def continue_job(cfg: DictConfig) -> dict | None:
     """What a sweep job does with what its folder holds from an earlier start of the sweep.
 

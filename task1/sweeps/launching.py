@@ -19,20 +19,25 @@ the main thread. task1's SLURM launcher composes and submits one launch at a tim
 jobs side by side; Ctrl-C ends every wait. A launcher not known here gets batches, as Hydra's own sweepers give it.
 """
 
+import itertools
 import logging
+import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn, configure_log
+from hydra.types import HydraContext
+from omegaconf import DictConfig
 
 from task1 import Task1Error
 
 log = logging.getLogger("task1")
 # the launchers whose jobs run in processes of their own (their modules, as the plugins name them)
 ELSEWHERE = ("hydra_plugins.hydra_joblib_launcher.", "hydra_plugins.hydra_submitit_launcher.",
-             "hydra_plugins.task1_slurm.")
+             "hydra_plugins.task1_slurm.", "hydra_plugins.task1_joblib.")
 
 
 def mode(launcher: Any, asynchronous: bool) -> str:
@@ -42,6 +47,17 @@ def mode(launcher: Any, asynchronous: bool) -> str:
     if type(launcher).__name__ == "BasicLauncher":
         return "one at a time"
     return "asynchronous" if type(launcher).__module__.startswith(ELSEWHERE) else "batches"
+
+
+def stopped(config: DictConfig, hydra_context: HydraContext) -> NoReturn:
+    """Ctrl-C of a sweep whose jobs run in this command's processes (basic, joblib), once each job under way has
+    stopped where it stood (checkpoint written, metrics.json `interrupted`): the report of every job as it stands,
+    one line that says how to go on, exit status 130."""
+    hydra_context.callbacks.on_multirun_end(config=config)
+    log.error("Interrupted: the jobs under way stopped where they stood (%s says where each one stands). Go on: "
+              "run this command again (finished jobs are kept, the others resume from their checkpoints).",
+              Path(str(config.hydra.sweep.dir)) / "summary.md")
+    sys.exit(130)
 
 
 class Inline:
@@ -68,8 +84,10 @@ class Run:
     soon as its failures decide it.
     """
 
-    def __init__(self, search: Any, to_run: int) -> None:
-        self.search, self.to_run = search, max(0, to_run)
+    def __init__(self, search: Any, to_run: int, again: list[tuple] = ()) -> None:
+        # `again`: (trial, overrides) of trials an earlier start left unfinished, launched first, one a launch
+        # (their numbers need not follow each other), and counted in `to_run`
+        self.search, self.to_run, self.again = search, max(0, to_run), list(again)
         self.mode = mode(search.launcher, search.asynchronous)
         self.width = search.n_jobs if self.mode == "asynchronous" else 1  # launches in flight
         self.per_launch = search.n_jobs if self.mode == "batches" else 1  # trials in a launch
@@ -78,9 +96,12 @@ class Run:
         self.stopped_by: tuple | None = None
         self._failures: Counter[int] = Counter()
 
-    def go(self, ask: Callable[[], tuple], tell: Callable[[Any, JobReturn], str | None]) -> None:
+    def go(self, ask: Callable[[], tuple], tell: Callable[[Any, JobReturn], str | None],
+           settle: Callable[[Any, JobReturn | None], None]) -> None:
         """Launch the trials that `ask` gives (trial, overrides) until `to_run` are launched or failures stop
-        the search; `tell` each result as it comes (it returns the reason of a failure)."""
+        the search; `tell` each result as it comes (it returns the reason of a failure). When a launch raises,
+        or Ctrl-C comes, the launches in flight are waited for and each of their trials is `settle`d (its
+        result read from its folder: a trial whose job did not end stays running, for the next start)."""
         if not self.to_run:
             log.info("the study holds the trials asked for: there is nothing to run")
             return
@@ -92,7 +113,8 @@ class Run:
         try:
             while True:
                 while len(running) < self.width and self.launched < self.to_run and not self.stopped_by:
-                    asked = [ask() for _ in range(min(self.per_launch, self.to_run - self.launched))]
+                    asked = [self.again.pop(0)] if self.again else [
+                        ask() for _ in range(min(self.per_launch, self.to_run - self.launched))]
                     first = asked[0][0].number
                     if [t.number for t, _ in asked] != list(range(first, first + len(asked))):
                         raise Task1Error(f"another process adds trials to study {self.search.study_name!r}: a batch "
@@ -108,14 +130,20 @@ class Run:
                     return
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    position, trials = running.pop(future)
-                    for i, (trial, ret) in enumerate(zip(trials, future.result(), strict=True)):
+                    position, trials = running[future]
+                    results = future.result()  # a launch that raised: its trials are settled below, with the rest
+                    del running[future]
+                    for i, (trial, ret) in enumerate(zip(trials, results, strict=True)):
                         self._count(position + i, trial, ret, tell(trial, ret))
         except KeyboardInterrupt:  # a launcher whose jobs go on without this command says so, and ends its waits
             getattr(self.search.launcher, "interrupted", lambda: None)()
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            for future, (_, trials) in running.items():  # left by an exception: no trial goes untold
+                ended = not future.cancelled() and future.exception() is None
+                for trial, ret in itertools.zip_longest(trials, future.result() if ended else []):
+                    settle(trial, ret)
 
     def _count(self, position: int, trial: Any, ret: JobReturn, reason: str | None) -> None:
         if reason is None:

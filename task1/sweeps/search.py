@@ -199,7 +199,7 @@ class Search(Sweeper):
         if "://" not in storage:
             Path(storage).parent.mkdir(parents=True, exist_ok=True)
         study = self._open_study(storage, space)
-        elsewhere = self._left_running(study)
+        elsewhere, again = self._left_running(study)
         total = self.n_trials
         if isinstance(study.sampler, GridSampler):  # each point once
             total = min(total, math.prod(len(v) for v in grid(space).values()))
@@ -208,45 +208,57 @@ class Search(Sweeper):
         done = len(study.get_trials(deepcopy=False))
         log.info("study %r: %d of %d trials done; sampler %s, pruner %s; to watch it: optuna-dashboard %s",
                  study.study_name, done, total, type(study.sampler).__name__, type(study.pruner).__name__, storage)
-        run = launching.Run(self, total - done)
-        run.go(lambda: self._ask(study, space, fixed, custom), lambda trial, ret: self._tell(study, trial, ret))
+        again = [(self._trial(study, t.number), self._overrides(t.params, fixed)) for t in again]
+        run = launching.Run(self, max(0, total - done) + len(again), again)
+        try:
+            run.go(lambda: self._ask(study, space, fixed, custom), lambda trial, ret: self._tell(study, trial, ret),
+                   lambda trial, ret: self._finish(study, trial, ret, wait=False))
+        except KeyboardInterrupt:  # the jobs ran in this command's processes (basic, joblib) and have stopped
+            self._write_results(study, storage)
+            launching.stopped(self.config, self.hydra_context)
         self._collect(study, elsewhere)
         self._write_results(study, storage)
         self._end(run)
 
-    def _left_running(self, study: optuna.Study) -> list[int]:
-        """The trials a search that stopped left running: failed, unless their job still holds its folder (a
-        SLURM job goes on without the command that launched it): those are waited for at the end (`_collect`)."""
-        elsewhere = []
+    def _left_running(self, study: optuna.Study) -> tuple[list[int], list[optuna.trial.FrozenTrial]]:
+        """The trials an earlier start left running, each as its job's folder has it (a Ctrl-C, a kill, a
+        launch that raised): one whose job ended (meanwhile, perhaps) is told that end; one whose job still holds
+        its folder (a SLURM job goes on without the command that launched it) is waited for at the end
+        (`_collect`); any other is launched again, with its own number and parameters (returned): its job resumes
+        from its checkpoint, or starts if it never did. (A SLURM job still queued from the earlier start finds,
+        when it starts, the folder held by the new one, or its result there: it trains nothing.)"""
+        elsewhere, again = [], []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            folder = Path(self.config.hydra.sweep.dir) / str(trial.number)  # job N runs trial N
-            if held(folder):
+            folder = self._folder(trial.number)
+            if self._task1() and held(folder):
                 log.info("trial %d still runs (%s): the search takes its result when it ends", trial.number,
                          holder(folder))
                 elsewhere.append(trial.number)
+            elif self._outcome(study, trial.number, None, wait=False) is not None:
+                self._finish(study, self._trial(study, trial.number), None, wait=False)
             else:
-                log.warning("trial %d was left running by a search that stopped: recorded as failed", trial.number)
-                tell(study, trial.number, state=TrialState.FAIL)
-        return elsewhere
+                log.info("trial %d was left running by a search that stopped, before its job ended: it is launched "
+                         "again (it resumes from %s if there is one)", trial.number,
+                         folder / "checkpoints" / "last.ckpt")
+                again.append(trial)
+        return elsewhere, again
 
     def _collect(self, study: optuna.Study, numbers: list[int]) -> None:
-        """Wait for the jobs of trials launched by an earlier start, and tell the study how each ended, from its
-        metrics.json (a pruned one its job finished itself)."""
+        """Wait for the jobs of trials launched by an earlier start, and tell the study how each ended."""
         for number in numbers:
-            folder = Path(self.config.hydra.sweep.dir) / str(number)
-            while held(folder):
-                time.sleep(2)
-            if frozen(study, number).state != TrialState.RUNNING:
-                continue
-            run = read_run(folder)
-            try:
-                values = objective_values(run.final.get(self.config.get("optimized_metric")), len(study.directions))
-            except ValueError:
-                tell(study, number, state=TrialState.FAIL)
-                log.info("trial %d: fail (%s)", number, run.error or "its job recorded no value")
-            else:
-                tell(study, number, values=values)
-                log.info("trial %d: complete (%s)", number, ", ".join(f"{v:.4g}" for v in values))
+            self._finish(study, self._trial(study, number), None)
+
+    def _task1(self) -> bool:
+        """Whether the jobs are task1's, which write their result to their folder's metrics.json (job N, trial N,
+        in folder N); another Hydra app's result is what its task function returns."""
+        return "optimized_metric" in self.config
+
+    def _folder(self, number: int) -> Path:
+        return Path(self.config.hydra.sweep.dir) / str(number)  # job N runs trial N, in folder N
+
+    @staticmethod
+    def _trial(study: optuna.Study, number: int) -> Trial:
+        return Trial(study, frozen(study, number)._trial_id)
 
     def _custom(self):
         if not self.custom_search_space:
@@ -273,31 +285,77 @@ class Search(Sweeper):
             raise Task1Error(f"hydra.sweeper.custom_search_space={self.custom_search_space} suggests "
                              f"{', '.join(clash)}, which the overrides fix ({', '.join(fixed[k] for k in clash)}): "
                              f"leave them to one of the two.")
-        return trial, [*(f"{k}={override_value(v)}" for k, v in trial.params.items()), *fixed.values()]
+        return trial, self._overrides(trial.params, fixed)
+
+    @staticmethod
+    def _overrides(params: dict, fixed: dict[str, str]) -> list[str]:
+        """A trial's job's overrides: its sampled values, then the fixed overrides as given."""
+        return [*(f"{k}={override_value(v)}" for k, v in params.items()), *fixed.values()]
 
     def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> str | None:
-        """Finish a trial its job left running: complete with the values the job returned, else failed, with
-        the reason (logged, and the trial's user attribute `fail_reason`). A pruned trial was finished by its
-        job (task1.sweeps.trial), as Optuna's own workers do. Returns the reason of a failure."""
-        reason = None
+        return self._finish(study, trial, ret)
+
+    def _finish(self, study: optuna.Study, trial: Trial, ret: JobReturn | None, wait: bool = True) -> str | None:
+        """Finish a trial its job left running, as `_outcome` finds its end: complete with its values, pruned, or
+        failed with the reason (logged, and the trial's user attribute `fail_reason`); a trial whose job did not
+        end stays running, for the next start. A pruned trial was finished by its job (task1.sweeps.trial), as
+        Optuna's own workers do. Returns the reason of a failure."""
         if frozen(study, trial).state == TrialState.RUNNING:
-            try:
-                if ret.status != JobStatus.COMPLETED:
-                    raise ValueError(ret.status.name)
-                values = objective_values(ret.return_value, len(study.directions))
-            except ValueError as e:
-                reason = failure_reason(ret) or str(e)
+            outcome = self._outcome(study, trial.number, ret, wait)
+            if outcome is None:
+                log.warning("trial %d stopped before its end: it stays running in the study, and the next start of "
+                            "this search launches it again (it resumes from its checkpoint)", trial.number)
+                return None
+            state, values, reason = outcome
+            if reason:
                 trial.set_user_attr("fail_reason", reason)  # shown by optuna-dashboard
-                tell(study, trial, state=TrialState.FAIL)
-            else:
-                tell(study, trial, values=values)
+            tell(study, trial, values=values, state=state)
         ended = frozen(study, trial)
+        reason = ended.user_attrs.get("fail_reason") if ended.state == TrialState.FAIL else None
         if reason:
             log.warning("trial %d failed: %s", trial.number, reason)
         else:
             log.info("trial %d: %s%s", trial.number, ended.state.name.lower(),
                      f" ({', '.join(f'{v:.4g}' for v in ended.values)})" if ended.values else "")
         return reason
+
+    def _outcome(self, study: optuna.Study, number: int, ret: JobReturn | None,
+                 wait: bool) -> tuple[TrialState, list[float] | None, str | None] | None:
+        """How trial `number` ended: (state, values, reason of a failure), or None while its job has not ended.
+
+        A task1 job's end is what its folder's metrics.json says, whatever the launch returned or whether it
+        returned at all (a launch that raised, a command that was stopped): completed (its optimized_metric),
+        pruned or failed; `interrupted`, or no record, is no end (it resumes). A folder that a live process
+        holds is waited for (`wait`), else no end yet. Another app's end is its job's return value."""
+        n = len(study.directions)
+        if self._task1():
+            folder = self._folder(number)
+            if held(folder):
+                if not wait:
+                    return None
+                while held(folder):
+                    time.sleep(2)
+            run = read_run(folder)
+            if run.status == "completed":
+                try:
+                    return TrialState.COMPLETE, objective_values(run.final.get(self.config.optimized_metric), n), None
+                except ValueError as e:
+                    return TrialState.FAIL, None, str(e)
+            if run.status == "pruned":
+                return TrialState.PRUNED, None, None
+            if run.status == "failed":
+                return TrialState.FAIL, None, run.error or "its job failed"
+            if ret is not None and ret.status == JobStatus.FAILED:  # it raised before it recorded anything
+                return TrialState.FAIL, None, failure_reason(ret)
+            return None
+        if ret is None:
+            return None
+        try:
+            if ret.status != JobStatus.COMPLETED:
+                raise ValueError(ret.status.name)
+            return TrialState.COMPLETE, objective_values(ret.return_value, n), None
+        except ValueError as e:
+            return TrialState.FAIL, None, failure_reason(ret) or str(e)
 
     def _end(self, run: "launching.Run") -> None:
         """Exit with status 1 when the failures stopped the search or every trial failed (after the report)."""
