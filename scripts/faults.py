@@ -217,11 +217,12 @@ def processes() -> list[tuple[int, str, int]]:
     return found
 
 
-def check(campaign: Campaign, reference: dict, problems: list[str]) -> None:
-    """The checks of the module's docstring, each failure a line in `problems`."""
+def check(campaign: Campaign, ref_folder: Path, problems: list[str]) -> None:
+    """The checks of the module's docstring against the uninterrupted run in `ref_folder`, each failure a line in
+    `problems`."""
     import torch
 
-    name, folder = campaign.name, campaign.folder
+    name, folder, reference = campaign.name, campaign.folder, finals(ref_folder)
     got = finals(folder)
     if got != reference:
         differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
@@ -230,6 +231,10 @@ def check(campaign: Campaign, reference: dict, problems: list[str]) -> None:
     for job, before in campaign.finished.items():
         if stamps(folder / job) != before:
             problems.append(f"{name}: job {job} trained again after it had completed (its checkpoints changed)")
+    for job in sorted(reference):  # every figure drawn, also by a job whose drawer was killed
+        drawn = sorted(p.name for p in (folder / job / "figures").glob("*.png"))
+        if drawn != sorted(p.name for p in (ref_folder / job / "figures").glob("*.png")):
+            problems.append(f"{name}: job {job} has the figures {drawn}, not those of the uninterrupted run")
     for path in sorted(folder.glob("*/checkpoints/*.ckpt")):
         try:
             torch.load(path, map_location="cpu", weights_only=True)
@@ -291,7 +296,7 @@ def campaign(seed: int, count: int, work: Path, data: Path, jobs: int = 3, epoch
             c.run(schedule[i::2], jobs)  # the sweep takes every other fault, the search the rest
             if ref.wait() != 0:
                 problems.append(f"{name}: the uninterrupted run under the basic launcher failed ({ref_folder})")
-            check(c, finals(ref_folder), problems)
+            check(c, ref_folder, problems)
         finally:
             if c.command is not None:
                 c.command.kill()
@@ -307,7 +312,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--count", type=int, default=len(FAULTS) * 2, help="faults to inject")
     parser.add_argument("--jobs", type=int, default=4, help="jobs of the sweep, trials of the search")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--work", type=Path, default=None, help="a new folder for it all (default: a temporary one)")
     args = parser.parse_args()
     import tempfile

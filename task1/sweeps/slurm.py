@@ -397,10 +397,10 @@ class SlurmLauncher(Launcher):
         ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
         folder = Path(ret.hydra_cfg.hydra.runtime.output_dir)
-        if rank == 0:
-            write_json(folder / RETURN, returned(ret))
         if folders.read_metrics(folder).get("status") == "interrupted":
             stopped(folder, rank, started)  # no result: the job is requeued, or its end is the submitter's to see
+        if rank == 0:
+            write_json(folder / RETURN, returned(ret))
         return ret
 
 
