@@ -323,3 +323,16 @@ def test_a_loader_resumed_mid_epoch_goes_on_in_its_own_order_also_unseeded():
     rest = [b[1].tolist() for b in again]
     whole = [b[1].tolist() for b in TensorLoader(X, y, batch_size=4, shuffle=True, seed=1234)]
     assert seen + rest == whole
+
+
+def test_a_run_that_validates_on_the_test_split_says_so_at_its_start(fake_root, tmp_path):
+    from task1 import api
+
+    common = [f"paths.data_dir={fake_root}", "data.batch_size=64", "trainer=cpu", "trainer.max_epochs=1",
+              "logger=none", "figures.enabled=false", f"paths.output_dir={tmp_path}"]
+    note = ("data.val_size=0: validation is on the test split (as in the book), so best.ckpt and early stopping "
+            "choose on test examples. Hold out a validation split with data.val_size=5000.")
+    book = api.train(*common, "callbacks=early_stopping")
+    assert (book.folder / "train.log").read_text().count(note) == 1
+    held_out = api.train(*common, "data.val_size=100")
+    assert "test split" not in (held_out.folder / "train.log").read_text()

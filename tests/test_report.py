@@ -82,3 +82,27 @@ def test_log_axes_with_few_values_get_readable_ticks(tmp_path):
     assert [t.get_text() for t in by_wd.get_xticklabels()] == ["0", "1e-05", "0.0001", "0.001"]
     positions = by_wd.transData.transform([(float(wd), 0) for wd in decays])[:, 0]
     assert min(b - a for a, b in itertools.pairwise(positions)) > 30  # pixels apart: no overlap
+
+
+def test_a_sweep_validated_on_the_test_split_says_so_once(tmp_path, caplog):
+    from test_sweep_seeds import a_job
+
+    book = tmp_path / "book"  # data.val_size=0: val/* and test/* are the same numbers
+    for i, (lr, acc) in enumerate([("0.1", 0.8), ("0.3", 0.85)]):
+        a_job(book / str(i), [f"optimizer.lr={lr}"], final={"val/acc": acc, "val/loss": 1 - acc, "test/acc": acc,
+                                                             "test/loss": 1 - acc})
+    with caplog.at_level("INFO", logger="task1"):
+        summarize(book)
+    note = ("val/* is the test split here (data.val_size=0, as in the book), so the best val/acc is chosen on test "
+            "examples. Hold out a validation split with data.val_size=5000.")
+    assert (book / "summary.md").read_text().count(note) == 1
+    assert [r.message for r in caplog.records].count(f"note: {note}") == 1
+    held_out = tmp_path / "held_out"  # data.val_size=5000: a validation split of its own
+    for i, (lr, acc) in enumerate([("0.1", 0.8), ("0.3", 0.85)]):
+        a_job(held_out / str(i), [f"optimizer.lr={lr}"], final={"val/acc": acc, "val/loss": 1 - acc,
+                                                                 "test/acc": acc - 0.01, "test/loss": 1.01 - acc})
+    caplog.clear()
+    with caplog.at_level("INFO", logger="task1"):
+        summarize(held_out)
+    assert "test split" not in (held_out / "summary.md").read_text()
+    assert not [r for r in caplog.records if r.message.startswith("note:")]

@@ -2,6 +2,7 @@
 
 import contextlib
 import gzip
+import logging
 import os
 import shutil
 import struct
@@ -15,6 +16,7 @@ from task1.checks import Folder, NonNegativeInt, PositiveInt
 from task1.data.loader import InMemoryData
 from task1.io import atomic_open, locked
 
+log = logging.getLogger("task1")
 LABELS = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -208,6 +210,8 @@ class FashionMNIST(InMemoryData):
             raise Task1Error(f"data.val_size={self.val_size} but the training set has {len(X)} examples: "
                              f"choose 0 (validate on the test split) up to {len(X) - 1}.")
         if self.val_size == 0:
+            log.info("data.val_size=0: validation is on the test split (as in the book), so best.ckpt and early "
+                     "stopping choose on test examples. Hold out a validation split with data.val_size=5000.")
             return {"train": (X, y), "val": test, "test": test}
         perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(self.split_seed))
         val, fit = perm[:self.val_size], perm[self.val_size:]

@@ -96,6 +96,17 @@ def best_job(jobs: list[dict], metric: str, mode: str | None) -> dict | None:
     return max(done, key=lambda j: sign * j["final"][metric])
 
 
+def val_note(jobs: list[dict], metric: str | None) -> str | None:
+    """One line when the jobs validated on their test split (data.val_size=0, the book's way: their final val and
+    test metrics are the same numbers), which then also chose the best job: how to hold out a validation split."""
+    finals = [j["final"] for j in jobs if "val/loss" in j["final"] and "test/loss" in j["final"]]
+    if not finals or any(f["val/loss"] != f["test/loss"] or f.get("val/acc") != f.get("test/acc") for f in finals):
+        return None
+    chosen = f", so the best {metric} is chosen on test examples" if metric and metric.startswith("val/") else ""
+    return (f"val/* is the test split here (data.val_size=0, as in the book){chosen}. Hold out a validation split "
+            f"with data.val_size=5000.")
+
+
 def _rows(jobs: list[dict], params: list[str], metrics: list[str]) -> tuple[list[str], list[list[Any]]]:
     header = ["job", "status", *params, *metrics, "wall_time_s", "overrides", "error"]
     rows = [[j["job"], j["status"], *(j["overrides"].get(p, "") for p in params),
@@ -130,6 +141,9 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     elif metric and mode is None:
         lines.append(f"\nNo best job: whether a higher {metric} is better is not known here; give the mode "
                      f"(task1 summarize <sweep> --mode max|min, or hydra.callbacks.sweep_report.mode).")
+    note = val_note(jobs, metric)
+    if note:
+        lines.append(f"\nNote: {note}")
     lines += ["", "| " + " | ".join(header[i] for i in keep) + " |", "|" + "---|" * len(keep)]
     lines += ["| " + " | ".join(_cell(row[i]) for i in keep) + " |" for row in rows]
     if metric and params:
@@ -249,6 +263,9 @@ def summarize(sweep: str | os.PathLike, metric: str | None = None, mode: str | N
     failed = sum(j["status"] != "completed" for j in jobs)
     log.info("sweep report: %s (%d jobs, %d not completed%s)", sweep / "summary.md", len(jobs), failed,
              f"; best {metric} {best['final'][metric]:.4f}: job {best['job']}" if best else "")
+    note = val_note(jobs, metric)
+    if note:
+        log.info("note: %s", note)
     return jobs
 
 
