@@ -141,11 +141,14 @@ def test_resume_refuses_what_would_change_the_run_and_accepts_more_epochs(args, 
     assert "data.batch_size: 16 in the run, 32 now" in errors[0]
     assert (run / "config_resolved.yaml").read_text() == before  # a refused resume leaves the folder as it was
 
-    first_start = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["wall_time_s"]
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["wall_time_s"] > 0  # the first start's time up to its checkpoint
+    checkpoint["wall_time_s"] = 1000.0  # as if that start had been long: the resumed run must count it
+    torch.save(checkpoint, run / "checkpoints" / "last.ckpt")
     longer = run_cli(f"resume={run}", "trainer.max_epochs=3")
     assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
     resumed = json.loads((run / "metrics.json").read_text())
-    assert 0 < first_start < resumed["wall_time_s"]  # the time of both starts: the first one's up to its checkpoint
+    assert resumed["wall_time_s"] > 1000.0  # both starts, not only the last
     assert resumed["epochs"] == 3 and resumed["history"][:2] == uninterrupted["history"]
     assert yaml.safe_load((run / "config_resolved.yaml").read_text())["trainer"]["max_epochs"] == 3
     assert "trainer.max_epochs: 2 -> 3" in (run / "train.log").read_text()  # the log says what the resume changed
