@@ -1,7 +1,7 @@
 """What task1 trusts: a run folder, a sweep folder or a checkpoint that someone else wrote is data, never code.
 
 `hydra.utils.instantiate` imports and calls whatever `_target_` names, and Hydra's own blocklist stops only
-`os.system` and `subprocess.*`; `torch.load(weights_only=False)`, `numpy.load(allow_pickle=True)` or
+`os.system` and `subprocess.*`; `torch.load` with weights_only off, `numpy.load` allowing pickles, or
 `site.addsitedir` pass it. So a config that comes from a folder or a checkpoint (rerun, resume=, a sweep resumed
 from its multirun.yaml, eval) is checked here before Hydra or task1 builds anything from it:
 
@@ -16,6 +16,7 @@ What the user gives on their own command line (overrides, `--config-dir`) is the
 """
 
 import ast
+import importlib.resources
 import importlib.util
 import os
 import re
@@ -51,9 +52,8 @@ class UntrustedError(Task1Error):
 
 
 def _conf() -> Path:
-    from task1.cli import CONF  # the one place that knows where conf/ is
-
-    return CONF
+    """conf/, as the package task1.conf (the command line's CONF; the core does not import the command line)."""
+    return Path(str(importlib.resources.files("task1.conf")))
 
 
 def _all_names(module: str) -> list[str]:
