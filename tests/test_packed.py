@@ -69,6 +69,11 @@ def test_a_pack_of_four_writes_what_each_job_writes_and_ends_where_it_ends(fake_
                 assert abs(p["final"][key] - value) <= tolerance, (stack, key, p["final"][key], value)
     # each member's own seed gave it its own start and batch order: the four ended apart
     assert len({json.dumps(p["final"]) for p in packed}) == 4
+    # task1 eval reads a member's checkpoint as it reads any run's
+    from task1.tools.eval import evaluate
+
+    scored = evaluate(tmp_path / "vmap_1_0.1" / "checkpoints" / "last.ckpt")
+    assert abs(scored["test/loss"] - packed[-1]["final"]["test/loss"]) <= 1e-6 * packed[-1]["final"]["test/loss"]
 
 
 def test_a_member_that_diverges_fails_alone_and_the_others_go_on(fake_root, tmp_path):
