@@ -234,8 +234,8 @@ lose() {
   if pid=$(pid_of "slurmd-$n"); then kill -9 "$pid"; fi
   for p in /proc/[0-9]*; do
     for j in $jobs; do
-      if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qx "SLURM_JOB_ID=$j" \
-        || tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q "^slurmstepd: \[$j\."; then
+      if { tr '\0' '\n' <"$p/environ" | grep -qx "SLURM_JOB_ID=$j"; } 2>/dev/null \
+        || { tr '\0' ' ' <"$p/cmdline" | grep -q "^slurmstepd: \[$j\."; } 2>/dev/null; then
         kill -9 "${p#/proc/}" 2>/dev/null || true
       fi
     done
