@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -348,10 +349,13 @@ def _compose_conf(overrides: list[str]) -> DictConfig:
 
 
 def _as_override(key: str, value: Any) -> str:
-    """`key=value` as Hydra's override grammar reads it back."""
-    if isinstance(value, str) and not re.fullmatch(r"[\w./:-]+", value):
-        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return f"{key}={value if isinstance(value, str) else json.dumps(value)}"
+    """`key=value` as Hydra's override grammar reads it back (a string that would read as another type, or holds
+    other characters, quoted), quoted for a shell where it needs to be."""
+    text = json.dumps(value)
+    if isinstance(value, str):
+        plain = re.fullmatch(r"[A-Za-z_/][\w./:-]*", value) and value.lower() not in ("true", "false", "null", "none")
+        text = value if plain else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={text}")
 
 
 def check_recomposes(hydra_dir: Path, dirs: list[str], args: list[str]) -> None:
