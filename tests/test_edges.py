@@ -4,6 +4,7 @@ command into a folder that a run holds, a disk that fills during a checkpoint, a
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,7 @@ def test_a_rerun_composed_afresh_refuses_a_value_its_overrides_do_not_compose(fa
     out = no_traceback(refused)
     assert "optimizer.lr: 0.2 in the run, 0.1 composed" in out and not (tmp_path / "refused").exists()
     # the refusal names the overrides that make the rerun what the run was, less what it changes
-    fix = out[out.index(" rerun ") + 1:].split(";")[0].split()[2:]
+    fix = shlex.split(out[out.index(" rerun ") + 1:].split(";")[0])[2:]
     assert "optimizer.lr=0.2" in fix and "logger=csv" in fix
     given = run_cli("-m", "task1", "rerun", str(run), *fix, f"hydra.run.dir={tmp_path / 'given'}")
     assert given.returncode == 0, given.stderr[-3000:]
