@@ -236,7 +236,7 @@ def rerun_argv(argv: list[str]) -> list[str]:
         if name in CONFIG_DIR_FLAGS and (value or i + 1 < len(args)):
             path = Path(value or args[i + 1])
             if (path / "config.yaml").is_file() and (path / "hydra.yaml").is_file():  # a saved run, not conf/
-                trust.check_saved_dir(path)  # data, not code: what it would build is checked first
+                trust.check_saved_dir(path, args=args)  # data, not code: what it would build is checked first
                 args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
                 return _with_saved_defaults(path, args)
     return args
@@ -258,7 +258,7 @@ def resume_argv(argv: list[str]) -> list[str]:
     if (run / "multirun.yaml").is_file():
         return resume_sweep_argv(argv[0], run, rest)
     hydra_dir = saved_config_dir(run, how="resume=")
-    trust.check_saved_dir(hydra_dir)
+    trust.check_saved_dir(hydra_dir, args=rest)
     groups = group_overrides(rest)
     if groups:
         raise Task1Error(f"resume={run}: {' '.join(groups)} would choose another config option, and a resumed run "
@@ -277,7 +277,7 @@ def resume_sweep_argv(argv0: str, sweep: Path, rest: list[str]) -> list[str]:
     a swept list); jobs are matched to their folders by their overrides (task1/sweeps/folders.py), so what
     ended is reused and what was interrupted resumes.
     """
-    trust.check_sweep(sweep)  # its saved overrides and config: data, not code
+    trust.check_sweep(sweep, rest)  # its saved overrides and config: data, not code
     saved = OmegaConf.load(sweep / "multirun.yaml").hydra
     flags, rest = config_dir_flags([a for a in rest if a not in ("-m", "--multirun")])
     flags = flags or recorded_config_dirs(saved, sweep)  # the sweep's own config folders, made absolute
@@ -306,7 +306,7 @@ def rerun_main_argv(argv: list[str]) -> list[str]:
     hydra_dir = saved_config_dir(argv[1])
     flags, rest = config_dir_flags(trust.take_trust(argv[2:]))
     if group_overrides(rest):  # composed afresh: with the run's own config folders, unless given new ones
-        trust.check_saved_run(hydra_dir)  # its overrides: data, not code
+        trust.check_saved_run(hydra_dir, rest)  # its overrides: data, not code
         dirs = flags or recorded_config_dirs(OmegaConf.load(hydra_dir / "hydra.yaml").hydra, hydra_dir.parent)
         recomposed = _recomposed(hydra_dir, rest)
         check_recomposes(hydra_dir, dirs, rest)

@@ -294,3 +294,24 @@ def test_a_sweep_cannot_name_a_config_outside_its_folders(finished, tmp_path):
     (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
     with pytest.raises(trust.UntrustedError, match="inside the folder itself"):
         trust.check_sweep(sweep)
+
+
+def test_what_the_user_sets_again_on_their_command_line_replaces_what_was_saved(finished, tmp_path):
+    run = saved_run(finished, tmp_path, optimized_metric="${oc.env:HOME}", trainer={"profiler": {
+        "_target_": "site.addsitedir", "sitedir": str(tmp_path)}})
+    hydra_dir = run / ".hydra"
+    with pytest.raises(trust.UntrustedError, match="reads the environment variable HOME"):
+        trust.check_saved_dir(hydra_dir, args=["trainer.profiler._target_=mypkg.Profiler"])
+    trust.check_saved_dir(hydra_dir, args=["optimized_metric=val/acc", "trainer.profiler._target_=mypkg.Profiler"])
+    # a mapping given for the node is merged into the saved one by Hydra: the saved target stays, and is refused
+    with pytest.raises(trust.UntrustedError, match="names site.addsitedir"):
+        trust.check_saved_dir(hydra_dir, args=["optimized_metric=val/acc", "trainer.profiler={sitedir:/tmp}"])
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    record = yaml.safe_load((finished / ".hydra" / "hydra.yaml").read_text())
+    record["hydra"]["overrides"]["task"].append("hydra.job.env_set.LD_PRELOAD=/tmp/x.so")
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(trust.UntrustedError, match="LD_PRELOAD"):
+        trust.check_sweep(sweep, args=["optimizer.lr=0.1"])
+    trust.check_sweep(sweep, args=["hydra.job.env_set.LD_PRELOAD="])  # resume_sweep_argv keeps the user's instead

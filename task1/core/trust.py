@@ -27,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from task1 import Task1Error
+from task1 import Task1Error, error_line
+from task1.io import override_key
 
 TRUST_ENV = "TASK1_TRUST"
 TRUST_ARG = "trust="
@@ -145,8 +146,15 @@ def _refuse_target(source: str, key: str, target: Any) -> None:
                              f"checkpoint: it is data, not code. {HOW.replace('<module prefix>', prefix)}")
 
 
-def check_config(config: dict, source: str) -> None:
-    """Refuse a config from a folder or a checkpoint (`source` names it) unless all it would build is trusted."""
+def _given(args: list[str]) -> set[str]:
+    """The keys the user's own overrides set (or delete): what they set replaces what was saved."""
+    return {override_key(a) for a in args if not a.startswith("-") and ("=" in a or a.startswith("~"))}
+
+
+def check_config(config: dict, source: str, args: list[str] = ()) -> None:
+    """Refuse a config from a folder or a checkpoint (`source` names it) unless all it would build is trusted; a
+    value the user's own overrides (`args`) set in its place is theirs. (Only the very key: Hydra merges a
+    mapping given for a node into the saved one.)"""
     if not isinstance(config, dict):
         raise UntrustedError(f"{source} is not a config (a mapping of keys): it cannot be a task1 run's.")
     for node in ("hydra", "defaults"):
@@ -154,7 +162,8 @@ def check_config(config: dict, source: str) -> None:
             raise UntrustedError(f"{source}: a {node}: node is not taken from a saved config (Hydra never saves "
                                  f"one there; its logging set-up, callbacks and job name would act on this "
                                  f"machine). Remove it: task1 uses its own, conf/hydra/.")
-    leaves = list(_walk(config))
+    given = _given(list(args))
+    leaves = [(k, v) for k, v in _walk(config) if k not in given]
     for key, value in leaves:
         _resolvers(key, value, source)
     resolved = None
@@ -172,14 +181,15 @@ def check_config(config: dict, source: str) -> None:
         _refuse_target(source, key, value)
 
 
-def check_overrides(overrides: list[str], source: str) -> None:
+def check_overrides(overrides: list[str], source: str, args: list[str] = ()) -> None:
     """Refuse a saved list of overrides (a sweep's multirun.yaml, a run's hydra.yaml) that would set up Hydra
     (logging, callbacks, the environment, the search path), name an untrusted target, call a resolver other than
-    the harmless ones, or name a job (or a job's folder) that leaves the sweep folder."""
+    the harmless ones, or name a job (or a job's folder) that leaves the sweep folder; one whose key the user's own
+    overrides (`args`) set again is dropped for theirs (task1.cli), so it is not checked."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    for line in overrides:
+    parser, given = OverridesParser.create(), _given(list(args))
+    for line in (o for o in overrides if override_key(str(o)) not in given):
         try:
             override = parser.parse_override(str(line))
         except Exception as e:
@@ -219,27 +229,29 @@ def read_saved_yaml(path: Path) -> Any:
             str(e).splitlines()[0]
         raise UntrustedError(f"{path} cannot be read as a saved config: it holds {what}. Remove that entry, or "
                              f"use a folder task1 wrote.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UntrustedError(f"{path} cannot be read ({error_line(e)}).") from None
 
 
-def check_saved_dir(hydra_dir: Path, name: str = "config") -> None:
+def check_saved_dir(hydra_dir: Path, name: str = "config", args: list[str] = ()) -> None:
     """A run's saved `.hydra` folder (or a sweep's config folder) about to be Hydra's primary config path: its
     `<name>.yaml` checked, and no config groups beside it (Hydra would look for a group's options there)."""
-    check_config(read_saved_yaml(hydra_dir / f"{name}.yaml"), str(hydra_dir / f"{name}.yaml"))
+    check_config(read_saved_yaml(hydra_dir / f"{name}.yaml"), str(hydra_dir / f"{name}.yaml"), args)
     groups = sorted(p.parent for p in hydra_dir.glob("*/**/*.yaml"))
     if groups:
         raise UntrustedError(f"{hydra_dir} holds config files in {groups[0]}, which a run's saved config folder "
                              f"never has: Hydra would take config options from there. Remove them.")
 
 
-def check_saved_run(hydra_dir: Path) -> None:
+def check_saved_run(hydra_dir: Path, args: list[str] = ()) -> None:
     """A run's `.hydra` folder whose `hydra.yaml` gives the overrides a rerun composes from conf/ again."""
     saved = read_saved_yaml(hydra_dir / "hydra.yaml")
     hydra = (saved.get("hydra") if isinstance(saved, dict) else None) or {}
-    check_overrides(list((hydra.get("overrides") or {}).get("task") or []), str(hydra_dir / "hydra.yaml"))
+    check_overrides(list((hydra.get("overrides") or {}).get("task") or []), str(hydra_dir / "hydra.yaml"), args)
     _config_dirs_outside(hydra, hydra_dir.parent, hydra_dir / "hydra.yaml")
 
 
-def check_sweep(sweep: Path) -> None:
+def check_sweep(sweep: Path, args: list[str] = ()) -> None:
     """A sweep folder about to be resumed from its multirun.yaml: its saved overrides, and its primary config
     folder where that is a saved run's (a sweep of a rerun) or lies inside the sweep folder."""
     path = sweep / "multirun.yaml"
@@ -248,7 +260,7 @@ def check_sweep(sweep: Path) -> None:
     if not isinstance(hydra, dict):
         raise UntrustedError(f"{path} has no hydra: node: it is not the record of a sweep. Pass a sweep folder.")
     overrides = hydra.get("overrides") or {}
-    check_overrides([*(overrides.get("hydra") or []), *(overrides.get("task") or [])], str(path))
+    check_overrides([*(overrides.get("hydra") or []), *(overrides.get("task") or [])], str(path), args)
     name = str((hydra.get("job") or {}).get("config_name", "config"))
     if not _inside(name) or "/" in name or "\\" in name:
         raise UntrustedError(f"{path}: its config name {name} lies outside its config folder. Pass a sweep "
@@ -257,7 +269,7 @@ def check_sweep(sweep: Path) -> None:
         if source.get("provider") == "main" and source.get("schema") == "file":
             main = Path(str(source.get("path"))).resolve()
             if main != _conf() and ((main / "hydra.yaml").is_file() or main.is_relative_to(sweep.resolve())):
-                check_saved_dir(main, name)
+                check_saved_dir(main, name, args)
     _config_dirs_outside(hydra, sweep, path)
 
 

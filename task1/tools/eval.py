@@ -30,9 +30,10 @@ log = logging.getLogger("task1")
 SPLITS = ("test", "val")
 
 
-def run_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
+def run_checkpoint(ckpt_path: str | Path, overrides: list[str] = ()) -> tuple[DictConfig, dict]:
     """The run's config and the model's state_dict from a task1 checkpoint (no pickled objects are loaded, and
-    its config is data: what it would build is checked against what task1 trusts first)."""
+    its config is data: what it would build is checked against what task1 trusts first, less the keys the
+    user's own `overrides` set)."""
     from task1.core.checkpoints import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
@@ -41,7 +42,7 @@ def run_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, dict]:
     except (KeyError, TypeError):  # another program's checkpoint
         raise Task1Error(f"ckpt_path={ckpt_path} is not a task1 checkpoint (it has no run config). Pass a "
                          f"checkpoint written by python -m task1.train.") from None
-    check_config(config, f"ckpt_path={ckpt_path} (its hyper_parameters.config)")
+    check_config(config, f"ckpt_path={ckpt_path} (its hyper_parameters.config)", overrides)
     return OmegaConf.create(config), state_dict
 
 
@@ -60,7 +61,7 @@ def evaluate(ckpt_path: str | Path, overrides: list[str] = (), split: str = "tes
     if split not in SPLITS:
         raise Task1Error(f"split={split} is not allowed: expected test or val.")
     overrides = take_trust(list(overrides))  # trust=mypkg: prefixes the user trusts (task1.core.trust)
-    cfg, state_dict = run_checkpoint(ckpt_path)
+    cfg, state_dict = run_checkpoint(ckpt_path, overrides)
     check_keys(cfg, overrides)
     cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([o.removeprefix("+") for o in overrides]))
     keys = {override_key(o) for o in overrides}
