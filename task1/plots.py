@@ -202,7 +202,7 @@ def learning_curves(runs: dict[str, Sequence[dict]], bands: dict[str, Sequence[d
     histories = [h for h in runs.values() if h]
     has_acc = any("train/acc" in r or "val/acc" in r for h in histories for r in h)
     panels = ["loss", "acc", "lr"] if has_acc else ["loss", "lr"]
-    legend = len(runs) > 1  # one run needs no legend: the titles say which line is which
+    legend = len(runs) > 1 or bool(bands)  # one run needs none (the titles say which line is which); a band does
     width = 4.2 * len(panels) + (0.3 + 0.065 * max(map(len, runs)) if legend else 0)
     height = max(3.4, 0.2 * len(runs))
     # a legend outside the panels needs the constrained layout, which draws the figure once more; one run has
@@ -222,29 +222,58 @@ def learning_curves(runs: dict[str, Sequence[dict]], bands: dict[str, Sequence[d
                 if not rows:
                     continue
                 xs, ys = [epochs[i] for i in rows], [history[i][key] for i in rows]
-                ax.plot(xs, ys, color=color, marker=".", linestyle="--" if key.startswith("val/") else "-",
+                val = key.startswith("val/")  # a marker of its own: a 1-epoch run's two points are no lines
+                ax.plot(xs, ys, color=color, marker="x" if val else "o", markersize=4, linestyle="--" if val else "-",
                         label=name if key == keys[0] and panel == panels[0] else None)
                 if name in (bands or {}):
                     std = [bands[name][i].get(key, 0.0) for i in rows]
                     ax.fill_between(xs, np.subtract(ys, std), np.add(ys, std), color=color, alpha=0.2, linewidth=0)
-    titles = {"loss": "loss (train -, val --)", "acc": "accuracy (train -, val --)", "lr": "learning rate"}
+                    if len(xs) == 1:  # a band of one epoch has no width: a bar
+                        ax.errorbar(xs, ys, yerr=std, color=color, alpha=0.5, capsize=4, linestyle="none")
+    titles = {"loss": "loss (train o-, val x--)", "acc": "accuracy (train o-, val x--)", "lr": "learning rate"}
     for panel, ax in axes.items():
         ax.set_title(titles[panel], fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, max(map(len, histories), default=1))
+    if "lr" in axes:
+        _lr_range(axes["lr"], [r["train/lr"] for h in histories for r in h if "train/lr" in r])
     if not has_acc:
         axes["loss"].set_yscale("log")  # regression losses fall by orders of magnitude
     if legend:
-        fig.legend(loc="outside right upper", fontsize=7, frameon=False)
+        handles, labels = axes[panels[0]].get_legend_handles_labels()
+        if bands:  # what the shading is
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(color="gray", alpha=0.3))
+            labels.append("band: mean ± 1 std over seeds")
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7, frameon=False)
     return fig
 
 
+def _epoch_axis(ax, epochs: int, first: int = 1) -> None:
+    """Epochs `first`..`epochs` on whole-number ticks; half an epoch of room either side, so that one epoch is
+    a point at its tick (matplotlib's own margin around a single point gives ticks 0.945 ... 1.05)."""
+    ax.set_xlabel("epoch")
+    ax.set_xlim(first - 0.5, epochs + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.grid(alpha=0.3)
+
+
+def _lr_range(ax, lrs: Sequence[float]) -> None:
+    """Learning rates from 0: a constant one is a flat line, not one zoomed to +-4% where it seems to move."""
+    finite = [v for v in lrs if math.isfinite(v)]
+    if finite and min(finite) >= 0 and max(finite) > 0:
+        ax.set_ylim(0, max(finite) * 1.15)
+
+
 def regression_figure(history: Sequence[dict], true_w: Sequence[float], true_b: float) -> Figure:
-    """Linear regression: w and b per epoch against the true values, and the fitted plane's parameter error."""
-    epochs = list(range(1, len(history) + 1))
-    w = np.array([r["w"] for r in history])  # (epochs, num_inputs)
-    b = np.array([r["b"][0] if isinstance(r["b"], list) else r["b"] for r in history])  # (epochs,)
+    """Linear regression: w and b per epoch against the true values, and the fitted plane's parameter error; from
+    epoch 0, where the run started, when its first epoch kept that (w_start, b_start)."""
+    rows = [{"w": history[0]["w_start"], "b": history[0]["b_start"]}, *history] if "w_start" in history[0] \
+        else list(history)
+    first = len(history) - len(rows) + 1  # 0 with the start, else 1
+    epochs = list(range(first, len(history) + 1))
+    w = np.array([r["w"] for r in rows])  # (epochs, num_inputs)
+    b = np.array([r["b"][0] if isinstance(r["b"], list) else r["b"] for r in rows])  # (epochs,)
     fig = Figure(figsize=(9, 3.4), dpi=DPI)
     ax_params, ax_error = fig.subplots(1, 2)
     for i, (column, target) in enumerate([*zip(w.T, true_w, strict=True), (b, true_b)]):
@@ -256,15 +285,13 @@ def regression_figure(history: Sequence[dict], true_w: Sequence[float], true_b: 
     w_error = np.linalg.norm(w - np.asarray(true_w), axis=1)
     ax_error.plot(epochs, w_error, marker=".", label="|w - true w|")
     ax_error.plot(epochs, np.abs(b - true_b), marker=".", label="|b - true b|")
-    if any("val/loss" in r for r in history):
-        ax_error.plot(epochs, [r.get("val/loss", np.nan) for r in history], marker=".", label="val loss")
+    if any("val/loss" in r for r in rows):
+        ax_error.plot(epochs, [r.get("val/loss", np.nan) for r in rows], marker=".", label="val loss")
     ax_error.set_yscale("log")
     ax_error.set_title("error of the fitted plane", fontsize=9)
     ax_error.legend(fontsize=7)
     for ax in (ax_params, ax_error):
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
+        _epoch_axis(ax, len(history), first)
     fig.tight_layout()
     return fig
 
@@ -283,6 +310,7 @@ def lr_figure(lrs: Sequence[float], steps_per_epoch: int, title: str = "") -> Fi
                     ha="center", va="bottom", fontsize=7, color="gray")
     ax.set_xlabel(f"optimizer step ({steps_per_epoch} per epoch)")
     ax.set_ylabel("learning rate")
+    _lr_range(ax, lrs)
     ax.set_title(title, fontsize=9, pad=14)
     ax.grid(alpha=0.3)
     fig.tight_layout()

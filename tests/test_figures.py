@@ -198,3 +198,75 @@ def test_the_same_figure_twice_is_drawn_once(tmp_path, monkeypatch):
     drawer.draw_one("prediction_grid", (X, y, 9 - y_hat, LABELS, 8, True), str(tmp_path / "other.png"), [], state)
     assert len(calls) == 2 and (tmp_path / "val.png").read_bytes() == (tmp_path / "test.png").read_bytes()
     assert (tmp_path / "other.png").read_bytes() != (tmp_path / "val.png").read_bytes()
+
+
+# -- what the figures say: axis limits, ticks, markers, legends (the data behind the pixels) ----------------------
+
+def in_view(ax, axis: str = "x") -> list[float]:
+    """The major tick values inside the axis's view."""
+    lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
+    ticks = ax.xaxis.get_major_locator()() if axis == "x" else ax.yaxis.get_major_locator()()
+    return [float(t) for t in ticks if lo <= t <= hi]
+
+
+def test_linear_regressions_parameters_start_at_epoch_0(make_cfg, tmp_path):
+    from task1.plots import regression_figure
+
+    metrics = train(make_cfg("model=linear", "trainer.max_epochs=2", "data.num_examples=200"))
+    first = metrics["history"][0]
+    assert len(first["w_start"]) == 2 and len(first["b_start"]) == 1  # the weights before the first step
+    ax_params, ax_error = regression_figure(metrics["history"], metrics["true_w"], metrics["true_b"]).axes
+    w0 = ax_params.get_lines()[0]
+    assert list(w0.get_xdata()) == [0, 1, 2] and w0.get_ydata()[0] == first["w_start"][0]
+    assert in_view(ax_params) == in_view(ax_error) == [0.0, 1.0, 2.0]
+
+
+def test_a_constant_learning_rate_is_flat_on_an_axis_from_0():
+    from task1.plots import learning_curves, lr_figure
+
+    history = [{"train/loss": 1.0 / e, "val/loss": 1.2 / e, "train/lr": 0.1} for e in (1, 2, 3)]
+    lr_ax = learning_curves({"": history}).axes[-1]
+    assert lr_ax.get_title() == "learning rate" and lr_ax.get_ylim()[0] == 0 and lr_ax.get_ylim()[1] > 0.11
+    schedule = lr_figure([0.1] * 30, 10).axes[0]
+    assert schedule.get_ylim()[0] == 0 and schedule.get_ylim()[1] > 0.11
+
+
+def test_one_epoch_is_a_point_on_a_whole_epoch_tick_with_train_and_val_apart(tmp_path):
+    from task1.plots import learning_curves
+
+    history = [{"train/loss": 2.0, "val/loss": 1.3, "train/acc": 0.66, "val/acc": 0.7, "train/lr": 0.1}]
+    fig = learning_curves({"": history})
+    for ax in fig.axes:
+        assert in_view(ax) == [1.0], ax.get_title()
+    train_line, val_line = fig.axes[0].get_lines()
+    assert train_line.get_marker() != val_line.get_marker()
+    # `task1 curves` draws the same
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text(json.dumps({"status": "completed", "history": history}))
+    assert curves.main([str(run)]) is None and (run / "curves.png").is_file()
+
+
+def test_a_band_over_seeds_says_what_it_is():
+    from task1.plots import learning_curves
+
+    mean = [{"train/loss": 1.0, "val/loss": 1.1, "train/lr": 0.1}, {"train/loss": 0.5, "val/loss": 0.6, "train/lr": 0.1}]
+    std = [{"train/loss": 0.1, "val/loss": 0.1, "train/lr": 0.0}] * 2
+    fig = learning_curves({"mean of 3 seeds": mean}, {"mean of 3 seeds": std})
+    texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert texts == ["mean of 3 seeds", "band: mean ± 1 std over seeds"]
+
+
+def test_a_search_legend_shows_learning_rates_in_a_few_digits(tmp_path):
+    from test_sweep_seeds import a_job
+
+    from task1.sweeps.report import figure, read_jobs, swept_params
+
+    for i, (lr, batch) in enumerate([(lr, b) for lr in ("0.08471801418819976", "0.3123456789", "0.0123456789")
+                                     for b in ("64", "256")]):
+        a_job(tmp_path / str(i), [f"optimizer.lr={lr}", f"data.batch_size={batch}"],
+              final={"val/acc": 0.5 + i / 100})
+    jobs = read_jobs(tmp_path)
+    by_batch = figure(jobs, swept_params(jobs), "val/acc").axes[1]  # coloured by learning rate
+    assert [t.get_text() for t in by_batch.get_legend().get_texts()] == [
+        "optimizer.lr=0.01235", "optimizer.lr=0.08472", "optimizer.lr=0.3123"]

@@ -197,6 +197,9 @@ class System(QuietHooks, L.LightningModule):
         self._sums.pop("train", None)
         self._epoch_start = time.perf_counter()
         self._epoch_lr = self._lr()  # epoch-interval schedulers step before on_train_epoch_end: keep this one
+        if not self.history and hasattr(self.net, "get_w_b"):  # where a fresh run starts: the figure's epoch 0
+            w, b = self.net.get_w_b()
+            self._start = {"w_start": w.tolist(), "b_start": b.reshape(-1).tolist()}
 
     def on_validation_epoch_start(self) -> None:
         self._sums.pop("val", None)
@@ -219,6 +222,8 @@ class System(QuietHooks, L.LightningModule):
         if hasattr(self.net, "get_w_b"):
             w, b = self.net.get_w_b()
             record.update(w=w.tolist(), b=b.reshape(-1).tolist())
+            if not self.history:  # the first epoch keeps where the run started too
+                record.update(self._start)
         self.history.append(record)
         if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
             # accuracies as fractions, the rest in significant digits: a regression's loss of 9.5e-05 is no 0.0001

@@ -115,11 +115,15 @@ def _rows(jobs: list[dict], params: list[str], metrics: list[str]) -> tuple[list
     return header, rows
 
 
-def _cell(v: Any) -> str:
+def _short(v: Any) -> str:
+    """A value as a table or a legend shows it: a swept 0.08471801418819976 reads better as 0.08472."""
     if isinstance(v, str) and _as_float(v) is not None and not v.isdigit():
-        v = float(v)  # a swept 0.08471801418819976 reads better as 0.08472
-    text = f"{v:.4g}" if isinstance(v, float) else str(v)
-    return text.replace("|", "\\|").replace("\n", " ")
+        v = float(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _cell(v: Any) -> str:
+    return _short(v).replace("|", "\\|").replace("\n", " ")
 
 
 def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | None, mode: str | None) -> str:
@@ -161,6 +165,12 @@ def _as_float(v: str) -> float | None:
         return None
 
 
+def _order(v: str) -> tuple:
+    """Numbers by value (0.0123 before 0.0847 before 0.3), then other values in natural order."""
+    number = _as_float(v)
+    return (0, number, []) if number is not None else (1, 0.0, natural_key(v))
+
+
 def _scale(ax, xs: list[float]) -> None:
     """A numeric axis: log-spaced values (learning rates, weight decays) on a log axis, symlog when 0 is among
     them; a tick on each value only for a few round ones (a grid), else the axis's own ticks."""
@@ -193,12 +203,12 @@ def figure(jobs: list[dict], params: list[str], metric: str, groups: list[dict] 
         labels = sorted({x for x, _ in pairs}, key=natural_key)
         where = _as_float if numeric else labels.index  # a numeric parameter on its scale, a choice per column
         hue = next((q for q in params if q != p and 2 <= len({j["overrides"].get(q) for j in done}) <= 10), None)
-        shades = sorted({j["overrides"].get(hue, "") for j in done}, key=natural_key) if hue else [None]
+        shades = sorted({j["overrides"].get(hue, "") for j in done}, key=_order) if hue else [None]
         for i, shade in enumerate(shades):
             own = [(x, y) for (x, y), j in zip(pairs, done, strict=True) if hue is None or
                    j["overrides"].get(hue, "") == shade]
             ax.scatter([where(x) for x, _ in own], [y for _, y in own], alpha=0.35 if means else None,
-                       color=f"C{i % 10}" if hue else None, label=f"{hue}={shade}" if hue else
+                       color=f"C{i % 10}" if hue else None, label=f"{hue}={_short(shade)}" if hue else
                        "one job" if means else None)
         if means:
             stats = [g["stats"][metric] for g in means]
