@@ -194,8 +194,15 @@ class Campaign:
                 time.sleep(1)
             done = [s for s, _ in finals(self.folder).values() if s == "completed"]
             if len(done) == len(finals(self.folder)) == jobs:
-                return
+                break
             self.start()
+        # the command ends with its jobs' results; their processes may still draw figures: wait for them to exit
+        deadline = time.monotonic() + 180
+        while any(str(self.folder / ".submitit") in cmdline for _, cmdline, _ in processes()):
+            if time.monotonic() > deadline:
+                self.note("some of its jobs' processes are still there after 3 minutes")
+                break
+            time.sleep(1)
 
 
 def slurm(*cmd: str, env: dict) -> subprocess.CompletedProcess:
@@ -219,23 +226,45 @@ def processes() -> list[tuple[int, str, int]]:
     return found
 
 
+def uninterrupted(folder: Path, ref_folder: Path, env: dict) -> dict[str, tuple[tuple, Path]]:
+    """job folder -> ((status, final metrics), its figures' folder) of the same job run without faults: the job
+    of the basic launcher's run in `ref_folder` with the same overrides, else (a search's trial that a restart
+    sampled otherwise: its sampler starts again from its seed) the job's overrides run alone."""
+    from task1.sweeps.folders import saved_overrides
+
+    ref = {tuple(sorted(saved_overrides(ref_folder / k) or [])): k for k in finals(ref_folder)}
+    out = {}
+    for job in finals(folder):
+        overrides = saved_overrides(folder / job) or []
+        if (same := ref.get(tuple(sorted(overrides)))) is not None:
+            out[job] = finals(ref_folder)[same], ref_folder / same / "figures"
+            continue
+        alone = ref_folder.parent / f"{ref_folder.name}-alone-{job}"
+        subprocess.run([sys.executable, "-m", "task1.train", *overrides, f"hydra.run.dir={alone}"], cwd=ROOT, env=env,
+                       capture_output=True, check=False)
+        metrics = json.loads((alone / "metrics.json").read_text()) if (alone / "metrics.json").is_file() else {}
+        out[job] = (metrics.get("status"), metrics.get("final")), alone / "figures"
+    return out
+
+
 def check(campaign: Campaign, ref_folder: Path, problems: list[str]) -> None:
     """The checks of the module's docstring against the uninterrupted run in `ref_folder`, each failure a line in
     `problems`."""
     import torch
 
-    name, folder, reference = campaign.name, campaign.folder, finals(ref_folder)
-    got = finals(folder)
-    if got != reference:
-        differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
-        problems.append(f"{name}: jobs {differ} differ from the uninterrupted run: "
-                        f"{ {k: got.get(k) for k in differ} } != { {k: reference.get(k) for k in differ} }")
+    name, folder = campaign.name, campaign.folder
+    got, expected = finals(folder), uninterrupted(folder, ref_folder, campaign.env)
+    if len(got) != len(finals(ref_folder)):
+        problems.append(f"{name}: {len(got)} jobs, where the uninterrupted run has {len(finals(ref_folder))}")
+    for job, (want, _) in expected.items():
+        if got[job] != want:
+            problems.append(f"{name}: job {job} differs from the uninterrupted run: {got[job]} != {want}")
     for job, before in campaign.finished.items():
         if stamps(folder / job) != before:
             problems.append(f"{name}: job {job} trained again after it had completed (its checkpoints changed)")
-    for job in sorted(reference):  # every figure drawn, also by a job whose drawer was killed
+    for job, (_, figures) in expected.items():  # every figure drawn, also by a job whose drawer was killed
         drawn = sorted(p.name for p in (folder / job / "figures").glob("*.png"))
-        if drawn != sorted(p.name for p in (ref_folder / job / "figures").glob("*.png")):
+        if drawn != sorted(p.name for p in figures.glob("*.png")):
             problems.append(f"{name}: job {job} has the figures {drawn}, not those of the uninterrupted run")
     for path in sorted(folder.glob("*/checkpoints/*.ckpt")):
         try:
@@ -255,8 +284,8 @@ def check(campaign: Campaign, ref_folder: Path, problems: list[str]) -> None:
         study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(
             str(folder / "optuna_journal.log"))))
         states = [t.state.name for t in study.trials]
-        if states.count("COMPLETE") != len(reference) or "FAIL" in states:
-            problems.append(f"{name}: the study's trials are {states}, for {len(reference)} jobs")
+        if states.count("COMPLETE") != len(got) or "FAIL" in states:
+            problems.append(f"{name}: the study's trials are {states}, for {len(got)} jobs")
         for trial in study.trials:
             final = (got.get(str(trial.number)) or (None, {}))[1] or {}
             if trial.state.name == "COMPLETE" and trial.value != final.get("val/acc"):

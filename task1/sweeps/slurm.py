@@ -310,11 +310,14 @@ class SlurmLauncher(Launcher):
         sys.exit(130)
 
     def _unanswered(self, trouble: str, patience: float) -> NoReturn:
+        """The end of the patience: one line; a search's other launches (threads) reach theirs on their own."""
         ids = ",".join(sorted({i.split("_")[0] for i in self._inflight}))
-        self._stop.set()
-        cli.fail(Task1Error(f"SLURM has not answered squeue for {patience / 60:g} minutes ({trouble}). The jobs "
-                            f"({ids}) are left as they are: once `squeue -j {ids}` answers, run this command again to "
-                            f"collect them (or raise hydra.launcher.scheduler_patience_min)."))
+        error = Task1Error(f"SLURM has not answered squeue for {patience / 60:g} minutes ({trouble}). The jobs "
+                           f"({ids}) are left as they are: once `squeue -j {ids}` answers, run this command again to "
+                           f"collect them (or raise hydra.launcher.scheduler_patience_min).")
+        if threading.current_thread() is threading.main_thread():
+            cli.fail(error)
+        raise error
 
     def _poll(self, job: Job, state: tuple[str, str] | None, known: bool = True) -> None:
         """Look at one job: its result in its folder, else what squeue said (`known`: squeue answered)."""
