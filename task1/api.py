@@ -142,7 +142,8 @@ def rerun(folder: PathLike, *overrides: str, config_dir: PathLike | Sequence[Pat
     flags = [o for o in overrides if o.startswith("-")]
     if flags:
         raise Task1Error(f"{' '.join(flags)}: rerun() takes overrides (key=value); use sweep() for several runs.")
-    args = rerun_main_argv(["rerun", str(folder), *given])[1:]
+    with _as_found():  # `trust=` joins TASK1_TRUST for the check of the saved config alone
+        args = rerun_main_argv(["rerun", str(folder), *given])[1:]
     if args[:1] == ["--config-path"]:  # the run's saved config, as the command line composes it
         cfg = _compose(Path(args[1]), args[3], args[4:])
     else:

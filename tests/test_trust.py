@@ -112,10 +112,12 @@ def test_allowlist_matches_whole_module_names(monkeypatch):
     monkeypatch.delenv(trust.TRUST_ENV, raising=False)
     for name in ("task1.models.torch.MLP", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR",
                  "lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.loggers.CSVLogger",
-                 "lightning.pytorch.Trainer", "lightning.pytorch.plugins.precision.MixedPrecision"):
+                 "lightning.pytorch.Trainer", "lightning.pytorch.plugins.precision.MixedPrecision",
+                 "hydra_plugins.task1_optuna.sweeper.OptunaSweeper", "optuna.samplers.TPESampler"):
         assert trust.allowed(name), name
     for name in ("task1evil.x", "torch.load", "torch.optim.swa_utils.AveragedModel", "numpy.load",
-                 "site.addsitedir", "os.system", "io.BytesIO", "lightning.pytorch.callbacksevil.X", "mypkg.X"):
+                 "site.addsitedir", "os.system", "io.BytesIO", "lightning.pytorch.callbacksevil.X", "mypkg.X",
+                 "hydra_plugins.task1evil.X", "optuna.storages.JournalStorage"):
         assert not trust.allowed(name), name
     monkeypatch.setenv(trust.TRUST_ENV, "mypkg, other.sub")
     assert trust.allowed("mypkg.X") and trust.allowed("other.sub.Y")
@@ -163,6 +165,10 @@ def test_no_command_runs_a_payload_planted_in_a_run_a_sweep_or_a_checkpoint(name
         out = result.stdout + result.stderr
         assert result.returncode in (0, 1) and "Traceback" not in out, out[-3000:]
     assert api.load(at["run"]).status == "completed"
+    with pytest.raises(trust.UntrustedError):
+        api.rerun(at["run"])
+    with pytest.raises(trust.UntrustedError):
+        api.evaluate(at["ckpt"], out=tmp_path / "eval")
     assert not marker.exists()
 
 
@@ -304,7 +310,7 @@ def test_what_the_user_sets_again_on_their_command_line_replaces_what_was_saved(
         trust.check_saved_dir(hydra_dir, args=["trainer.profiler._target_=mypkg.Profiler"])
     trust.check_saved_dir(hydra_dir, args=["optimized_metric=val/acc", "trainer.profiler._target_=mypkg.Profiler"])
     # a mapping given for the node is merged into the saved one by Hydra: the saved target stays, and is refused
-    with pytest.raises(trust.UntrustedError, match="names site.addsitedir"):
+    with pytest.raises(trust.UntrustedError, match=r"names site\.addsitedir"):
         trust.check_saved_dir(hydra_dir, args=["optimized_metric=val/acc", "trainer.profiler={sitedir:/tmp}"])
 
     sweep = tmp_path / "sweep"
@@ -315,3 +321,12 @@ def test_what_the_user_sets_again_on_their_command_line_replaces_what_was_saved(
     with pytest.raises(trust.UntrustedError, match="LD_PRELOAD"):
         trust.check_sweep(sweep, args=["optimizer.lr=0.1"])
     trust.check_sweep(sweep, args=["hydra.job.env_set.LD_PRELOAD="])  # resume_sweep_argv keeps the user's instead
+
+
+def test_api_rerun_refuses_a_saved_target_and_leaves_the_trust_of_the_process_as_it_was(finished, tmp_path,
+                                                                                       monkeypatch):
+    monkeypatch.setenv(trust.TRUST_ENV, "first")
+    run = saved_run(finished, tmp_path, trainer={"profiler": {"_target_": "site.addsitedir", "sitedir": "/tmp"}})
+    with pytest.raises(trust.UntrustedError, match=r"names site\.addsitedir"):
+        api.rerun(run, "trust=mypkg")
+    assert os.environ[trust.TRUST_ENV] == "first"

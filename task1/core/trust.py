@@ -35,8 +35,7 @@ TRUST_ARG = "trust="
 HOW = (f"If you trust its author, add trust=<module prefix> to the command, or set {TRUST_ENV}=<module prefix> "
        f"(docs/errors.md, \"What task1 trusts\").")
 # module prefixes whose every class may be built from a saved config (matched on whole module names)
-PREFIXES = ("task1", "hydra_plugins.task1_optuna", "hydra_plugins.task1_slurm", "lightning.pytorch.callbacks",
-            "lightning.pytorch.loggers", "lightning.pytorch.plugins")
+PREFIXES = ("task1", "lightning.pytorch.callbacks", "lightning.pytorch.loggers", "lightning.pytorch.plugins")
 # resolvers that read nothing outside the config; oc.env is checked apart (the variables conf/ reads)
 RESOLVERS = ("now", "hydra", "oc.select", "oc.dict.keys", "oc.dict.values")
 # the hydra.* keys a saved sweep's overrides may set (task1's own folders, its sweeper and launcher settings)
@@ -71,11 +70,19 @@ def _all_names(module: str) -> list[str]:
 
 
 @cache
+def _plugins() -> dict[str, Path]:
+    """task1's own Hydra plugins (`hydra_plugins.task1_*`, the sweeper and launchers): package -> config folder."""
+    spec = importlib.util.find_spec("hydra_plugins")
+    places = [Path(p) for p in (spec.submodule_search_locations or []) if Path(p).is_dir()] if spec else []
+    return {f"hydra_plugins.{d.name}": d / "conf" for place in places for d in place.glob("task1_*") if d.is_dir()}
+
+
+@cache
 def _conf_names() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """What conf/ itself names: its literal `_target_`s, the resolvers its interpolations call, and the
-    variables its `${oc.env:...}` read."""
+    """What conf/ (and the config of task1's Hydra plugins) names: its literal `_target_`s, the resolvers its
+    interpolations call, and the variables its `${oc.env:...}` read."""
     targets, resolvers, env = set(), set(), set()
-    for path in _conf().rglob("*.yaml"):
+    for path in (p for folder in (_conf(), *_plugins().values()) for p in folder.rglob("*.yaml")):
         text = path.read_text()
         targets.update(t for t in re.findall(r"_target_:\s*([\w.]+)\s*$", text, re.M))
         resolvers.update(_RESOLVER.findall(text))
@@ -109,7 +116,7 @@ def allowed(target: str) -> bool:
     whole module names (`task1evil.x` is not under `task1`)."""
     if target in _conf_names()[0] or target in _torch_classes():
         return True
-    return any(target == p or target.startswith(p + ".") for p in (*PREFIXES, *trusted_prefixes()))
+    return any(target == p or target.startswith(p + ".") for p in (*PREFIXES, *_plugins(), *trusted_prefixes()))
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
