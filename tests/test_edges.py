@@ -17,6 +17,7 @@ from conftest import ROOT, compose_cfg, no_traceback, run_cli
 from omegaconf import OmegaConf
 
 from task1 import Task1Error, api
+from task1.core.runs import resume_command
 from task1.io import hold
 
 
@@ -123,8 +124,6 @@ def test_a_disk_that_fills_during_a_checkpoint_ends_in_one_line_and_the_run_resu
     errors = [line for line in out.splitlines() if "ERROR" in line]
     assert (tmp_path / "full.rc").read_text().strip() == "1" and "Traceback" not in out, out[-3000:]
     assert len(errors) == 1 and f"no space left on tmpfs (mounted at {disk})" in errors[0], out[-3000:]
-    from task1.core.runs import resume_command
-
     assert f"go on with: {resume_command(disk / 'run')}" in errors[0]
     failed = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert failed["status"] == "failed" and "No space left on device" in failed["error"]  # the cause kept
@@ -152,8 +151,6 @@ def test_a_damaged_last_checkpoint_names_the_intact_best_one_and_how_to_go_on(ma
 
 
 def test_the_resume_hint_names_task1_as_this_user_can_run_it(tmp_path, monkeypatch):
-    from task1.core.runs import resume_command
-
     script = Path(sys.executable).parent / "task1"
     monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the venv not active
     assert resume_command(tmp_path / "run") == f"{script} train resume={tmp_path / 'run'}"
