@@ -96,6 +96,9 @@ class Member:
     def start_epoch(self, epoch: int) -> None:
         self.current_epoch = epoch
         self.loader.set_epoch(epoch)
+        if not self.history and hasattr(self.net, "get_w_b"):  # where a fresh run starts: the figure's epoch 0
+            w, b = self.net.get_w_b()
+            self.start_w_b = {"w_start": w.tolist(), "b_start": b.reshape(-1).tolist()}
         self.sums["train"], self.epoch_lr = EpochSums(), self.lr()
 
     def add(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
@@ -134,6 +137,8 @@ class Member:
         if hasattr(self.net, "get_w_b"):
             w, b = self.net.get_w_b()
             record.update(w=w.tolist(), b=b.reshape(-1).tolist())
+            if not self.history:  # the first epoch keeps where the run started too
+                record.update(self.start_w_b)
         self.history.append(record)
         for logger in self.loggers:
             logger.log_metrics({**train, **val, "epoch": epoch}, step=self.global_step)
