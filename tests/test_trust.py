@@ -110,14 +110,16 @@ def refused(result, *words: str) -> str:
 
 def test_allowlist_matches_whole_module_names(monkeypatch):
     monkeypatch.delenv(trust.TRUST_ENV, raising=False)
-    for name in ("task1.models.torch.MLP", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR",
+    for name in ("task1.models.torch.MLP", "task1.data.FashionMNIST", "task1.optim.SGD", "task1.cli.WritableFolder",
+                 "task1.sweeps.report.SweepReport", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR",
                  "lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.loggers.CSVLogger",
                  "lightning.pytorch.Trainer", "lightning.pytorch.plugins.precision.MixedPrecision",
                  "hydra_plugins.task1_optuna.sweeper.OptunaSweeper", "optuna.samplers.TPESampler"):
         assert trust.allowed(name), name
     for name in ("task1evil.x", "torch.load", "torch.optim.swa_utils.AveragedModel", "numpy.load",
                  "site.addsitedir", "os.system", "io.BytesIO", "lightning.pytorch.callbacksevil.X", "mypkg.X",
-                 "hydra_plugins.task1evil.X", "optuna.storages.JournalStorage"):
+                 "hydra_plugins.task1evil.X", "optuna.storages.JournalStorage", "task1.io.write_atomic",
+                 "task1.tools.reproduce.sweep", "task1.sweeps.slurm.SlurmLauncher"):
         assert not trust.allowed(name), name
     monkeypatch.setenv(trust.TRUST_ENV, "mypkg, other.sub")
     assert trust.allowed("mypkg.X") and trust.allowed("other.sub.Y")

@@ -5,7 +5,8 @@
 `site.addsitedir` pass it. So a config that comes from a folder or a checkpoint (rerun, resume=, a sweep resumed
 from its multirun.yaml, eval) is checked here before Hydra or task1 builds anything from it:
 
-- every `_target_` (and a logging factory `()`) must name task1's own code, torch's optimizers and schedulers,
+- every `_target_` (and a logging factory `()`) must name task1's own building blocks (data, models, optimizers,
+  callbacks: not its helpers, such as `task1.io.write_atomic`), torch's optimizers and schedulers,
   Lightning's callbacks, loggers and plugins, a class conf/ names, or a module prefix the user trusts by name
   (`trust=mypkg,otherpkg` on the command line, or TASK1_TRUST=mypkg,otherpkg);
 - it may hold no `hydra:` node or defaults list (Hydra never saves one there; their logging set-up, callbacks and
@@ -34,8 +35,10 @@ TRUST_ENV = "TASK1_TRUST"
 TRUST_ARG = "trust="
 HOW = (f"If you trust its author, add trust=<module prefix> to the command, or set {TRUST_ENV}=<module prefix> "
        f"(docs/errors.md, \"What task1 trusts\").")
-# module prefixes whose every class may be built from a saved config (matched on whole module names)
-PREFIXES = ("task1", "lightning.pytorch.callbacks", "lightning.pytorch.loggers", "lightning.pytorch.plugins")
+# module prefixes whose every class may be built from a saved config (matched on whole module names): task1's
+# building blocks, not its helpers (task1.io.write_atomic would write any file a config names)
+PREFIXES = ("task1.data", "task1.models", "task1.optim", "task1.core.callbacks", "lightning.pytorch.callbacks",
+            "lightning.pytorch.loggers", "lightning.pytorch.plugins")
 # resolvers that read nothing outside the config; oc.env is checked apart (the variables conf/ reads)
 RESOLVERS = ("now", "hydra", "oc.select", "oc.dict.keys", "oc.dict.values")
 # the hydra.* keys a saved sweep's overrides may set (task1's own folders, its sweeper and launcher settings)
