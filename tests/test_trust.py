@@ -119,11 +119,16 @@ def test_allowlist_matches_whole_module_names(monkeypatch):
     for name in ("task1evil.x", "torch.load", "torch.optim.swa_utils.AveragedModel", "numpy.load",
                  "site.addsitedir", "os.system", "io.BytesIO", "lightning.pytorch.callbacksevil.X", "mypkg.X",
                  "hydra_plugins.task1evil.X", "optuna.storages.JournalStorage", "task1.io.write_atomic",
-                 "task1.tools.reproduce.sweep", "task1.sweeps.slurm.SlurmLauncher"):
+                 "task1.tools.reproduce.sweep", "task1.sweeps.slurm.SlurmLauncher",
+                 "lightning.pytorch.callbacks.model_checkpoint.os.system", "task1.models.nets.torch.load",
+                 "task1.data.fashion_mnist.shutil.rmtree"):
         assert not trust.allowed(name), name
     monkeypatch.setenv(trust.TRUST_ENV, "mypkg, other.sub")
     assert trust.allowed("mypkg.X") and trust.allowed("other.sub.Y")
     assert not trust.allowed("mypkgevil.X") and not trust.allowed("other.X")
+    # a trusted prefix is trusted for what is defined under it, not for what its modules import
+    monkeypatch.setenv(trust.TRUST_ENV, "json")
+    assert trust.allowed("json.decoder.JSONDecoder") and not trust.allowed("json.decoder.re.compile")
 
 
 def test_trust_arguments_are_taken_out_and_join_the_environment(monkeypatch):

@@ -19,6 +19,8 @@ What the user gives on their own command line (overrides, `--config-dir`) is the
 import ast
 import importlib.resources
 import importlib.util
+import inspect
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -119,7 +121,32 @@ def allowed(target: str) -> bool:
     whole module names (`task1evil.x` is not under `task1`)."""
     if target in _conf_names()[0] or target in _torch_classes():
         return True
-    return any(target == p or target.startswith(p + ".") for p in (*PREFIXES, *_plugins(), *trusted_prefixes()))
+    if not _under(target):
+        return False
+    # a name under a prefix may still walk out of it through a module that one imports
+    # (lightning.pytorch.callbacks.model_checkpoint.os.system): what it names must be defined under one too. Only
+    # modules under the prefixes are imported for this, and Hydra would import them to build it anyway.
+    found = _lookup(target)
+    home = getattr(found, "__name__" if inspect.ismodule(found) else "__module__", None)
+    return found is None or (isinstance(home, str) and _under(home))
+
+
+def _under(name: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in (*PREFIXES, *_plugins(), *trusted_prefixes()))
+
+
+def _lookup(target: str) -> Any:
+    """What `target` names (None where it cannot be imported: then it cannot be built either)."""
+    from hydra.utils import get_object
+
+    hydra_log = logging.getLogger("hydra.utils")  # its failure is not this check's to report
+    disabled, hydra_log.disabled = hydra_log.disabled, True
+    try:
+        return get_object(target)
+    except Exception:
+        return None
+    finally:
+        hydra_log.disabled = disabled
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
