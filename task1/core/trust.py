@@ -48,6 +48,8 @@ HYDRA_KEYS = ("hydra.mode", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.sub
               "hydra.sweeper", "hydra.launcher", "hydra.callbacks.sweep_report", "hydra.job.name", "hydra.job.chdir",
               "hydra.verbose")
 INSIDE = ("hydra.job.name", "hydra.sweep.subdir", "hydra.output_subdir")  # names of files or folders in a job's
+# launcher settings that run shell lines or pass options to sbatch and srun: the user's own to give
+SHELL_KEYS = ("hydra.launcher.setup", "hydra.launcher.srun_args", "hydra.launcher.additional_parameters")
 _RESOLVER = re.compile(r"\$\{\s*([A-Za-z_][\w.\-]*)\s*:")
 _ENV = re.compile(r"\$\{\s*oc\.env\s*:\s*([^,}]*)")
 
@@ -150,7 +152,7 @@ def _lookup(target: str) -> Any:
 
 
 def _walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, value) of every leaf below `node`, and of every node that holds a `_target_` or `()`."""
+    """(dotted key, value) of every entry below `node`, at any depth (list items by their index)."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in items:
         yield f"{path}{key}", value
@@ -234,10 +236,11 @@ def check_overrides(overrides: list[str], source: str, args: list[str] = ()) -> 
                                  f" Remove it from the file.") from None
         key = override.get_key_element().lstrip("+~")
         _resolvers(key, str(line), source)
-        if key.startswith("hydra.") and not any(key == k or key.startswith(k + ".") for k in HYDRA_KEYS):
+        if key.startswith("hydra.") and (not _in(key, HYDRA_KEYS) or _in(key, SHELL_KEYS)):
             raise UntrustedError(f"{source}: the saved override {line} sets {key}, which a saved sweep may not "
-                                 f"set (Hydra's logging, callbacks, environment and search path act on this "
-                                 f"machine). Remove it, or give it on your own command line.")
+                                 f"set (Hydra's logging, callbacks, environment, search path and a launcher's "
+                                 f"shell lines act on this machine). Remove it, or give it on your own command "
+                                 f"line.")
         values = override.value()
         values = getattr(values, "list", [values])  # a swept list: each value
         for value in values:
@@ -249,6 +252,10 @@ def check_overrides(overrides: list[str], source: str, args: list[str] = ()) -> 
             for k, v in _walk(value, f"{key}."):
                 if k.rpartition(".")[2] in ("_target_", "()"):
                     _refuse_target(source, k, v)
+
+
+def _in(key: str, keys: tuple[str, ...]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
 
 
 def _inside(name: str) -> bool:
