@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, compose_cfg, make_fashion_mnist, run_cli
+from conftest import ROOT, compose_cfg, make_fashion_mnist, no_traceback, run_cli
 from omegaconf import OmegaConf
 
 from task1.pack.grouping import packs, unpackable
@@ -106,6 +106,15 @@ def test_jobs_that_differ_only_in_packable_values_share_a_pack(fake_root, tmp_pa
     # the hand-written twins pack too, among themselves
     scratch = [cfg("model.impl=scratch", "optimizer=sgd_scratch", f"seed={s}") for s in (0, 1)]
     assert packs(scratch, 16) == [[0, 1]]
+
+
+@pytest.mark.parametrize(("setting", "said"), [("stack=bmm", "hydra.launcher.stack=bmm is not allowed: expected one "
+                                                               "of loop, vmap."),
+                                               ("pack=0", "hydra.launcher.pack=0 is not allowed")])
+def test_a_wrong_launcher_setting_is_one_line(fake_root, tmp_path, setting, said):
+    out = no_traceback(run_cli("--multirun", "hydra/launcher=packed", f"hydra.launcher.{setting}", "seed=0,1",
+                               f"data.root={fake_root}", f"hydra.sweep.dir={tmp_path}"))
+    assert said in out and not list(tmp_path.glob("*/metrics.json"))
 
 
 def sweep_args(root, sweep) -> list[str]:

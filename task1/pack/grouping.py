@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1.core.config import entries
 
+STACKS = ("loop", "vmap")  # the ways a pack takes a step (task1.pack.trainer)
 # the trainer's keys a pack follows (any other: the job trains alone), with the values it can take where it must
 TRAINER = {"_target_": None, "accelerator": None, "max_epochs": None, "log_every_n_steps": None,
            "enable_progress_bar": None, "enable_model_summary": None, "num_sanity_val_steps": None,

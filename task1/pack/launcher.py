@@ -21,9 +21,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from task1 import Task1Error
+from task1 import Task1Error, cli
 from task1.io import FolderInUseError, hold
-from task1.pack.grouping import packs, unpackable
+from task1.pack.grouping import STACKS, packs, unpackable
 from task1.pack.member import PACK_STATE
 from task1.sweeps import folders
 from task1.sweeps.context import is_search
@@ -71,6 +71,12 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        if self.stack not in STACKS:
+            cli.fail(Task1Error(f"hydra.launcher.stack={self.stack} is not allowed: expected one of "
+                                f"{', '.join(STACKS)}."))
+        if self.pack < 1:
+            cli.fail(Task1Error(f"hydra.launcher.pack={self.pack} is not allowed: expected the most members in a "
+                                f"pack, 1 or more."))
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         jobs = [self._job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]

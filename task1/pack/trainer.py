@@ -26,10 +26,10 @@ from torch.func import functional_call, vmap
 
 from task1 import drawer
 from task1.data.loader import TensorLoader
+from task1.pack.grouping import STACKS
 from task1.pack.member import Member
 
 log = logging.getLogger("task1")
-STACKS = ("loop", "vmap")
 
 
 def device_of(cfg: DictConfig) -> str:
