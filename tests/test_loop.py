@@ -5,6 +5,7 @@ import json
 import lightning as L
 import pytest
 import torch
+from conftest import run_cli
 
 from task1 import Task1Error
 from task1.core.shortcuts import stop_as_on_sigterm
@@ -87,3 +88,17 @@ def test_a_manual_run_stopped_as_on_sigterm_resumes_to_the_uninterrupted_runs_re
 def test_a_manual_run_that_diverges_stops_at_once(make_cfg):
     with pytest.raises(Task1Error, match=r"Training diverged: the loss is (nan|inf) in epoch 1"):
         train(make_cfg("model=linear", "loop=manual", "optimizer.lr=50", "trainer.max_epochs=2"))
+
+
+@pytest.mark.slow  # two data-parallel runs of two processes each
+def test_the_manual_loop_under_ddp_gives_the_automatic_loops_results(fake_root, tmp_path):
+    args = [f"data.root={fake_root}", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+            "trainer.max_epochs=2", "data.batch_size=32", "+trainer.accumulate_grad_batches=2", "logger=none",
+            "figures.enabled=false"]
+    runs = {}
+    for loop in ("automatic", "manual"):
+        result = run_cli(*args, f"loop={loop}", f"hydra.run.dir={tmp_path / loop}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[loop] = json.loads((tmp_path / loop / "metrics.json").read_text())
+    assert runs["manual"]["history"] == runs["automatic"]["history"]
+    assert runs["manual"]["loop"]["name"] == "manual"
