@@ -61,6 +61,7 @@ class Member:
         self.best: float | None = None
         self.failed: BaseException | None = None
         self.epochs_done = self.current_epoch = 0
+        self.seconds = 0.0
         figures = cfg.get("figures") or {"enabled": False}
         self.predictions = (PredictionFigures(self.out / "figures", data.labels, figures["every_n_epochs"])
                             if figures["enabled"] and self.classify else None)
@@ -74,6 +75,8 @@ class Member:
         state = self.out / "checkpoints" / PACK_STATE
         if state.is_file():  # an earlier start of the pack was stopped (the launcher reuses finished members)
             self.restore(state)
+        # the time this member cost: its own work, and its share of what the pack does for all (task1.pack.trainer)
+        self.seconds += time.perf_counter() - self.start
 
     def restore(self, path: Path) -> None:
         """Go on from the state a killed pack left at the end of an epoch: the batches of the next epoch follow
@@ -86,6 +89,7 @@ class Member:
             self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
         self.history, self.global_step = checkpoint["history"], checkpoint["global_step"]
         self.epochs_done, self.best = checkpoint["packed"]["epochs_done"], checkpoint["packed"]["best"]
+        self.seconds = checkpoint["packed"].get("seconds", 0.0)  # a resumed run's time goes on from its record
         self.log.info("%s: resuming after epoch %d (%s)", self.out, self.epochs_done, path)
 
     def lr(self) -> float:
@@ -160,7 +164,8 @@ class Member:
                       "state_dict": self.system.state_dict(), "hyper_parameters": dict(self.system.hparams),
                       "optimizer_states": [self.optimizer.state_dict()],
                       "lr_schedulers": [self.scheduler.state_dict()] if self.scheduler is not None else [],
-                      "history": self.history, "packed": {"epochs_done": epoch + 1, "best": self.best}}
+                      "history": self.history,
+                      "packed": {"epochs_done": epoch + 1, "best": self.best, "seconds": self.seconds}}
         AtomicCheckpointIO().save_checkpoint(checkpoint, self.out / "checkpoints" / name)
 
     # --- the end
@@ -169,7 +174,7 @@ class Member:
         """Mark the member failed (its metrics.json says why); the pack goes on without it."""
         self.failed = error
         metrics, _ = failure_metrics(error, self.history, self.cfg.seed, self.out)
-        self.failure = {**metrics, "wall_time_s": round(time.perf_counter() - self.start, 3)}
+        self.failure = {**metrics, "wall_time_s": round(self.seconds, 3)}
         write_json(self.out / "metrics.json", self.failure)
         self.log.error("%s: %s", self.out, error)
         self.close_log()
@@ -180,7 +185,7 @@ class Member:
         final.update(test)
         metrics = {"status": "completed", "seed": self.cfg.seed, "epochs": len(self.history),
                    "max_epochs": self.max_epochs, "stopped_early": False,
-                   "wall_time_s": round(time.perf_counter() - self.start, 3), "threads": torch.get_num_threads(),
+                   "wall_time_s": round(self.seconds, 3), "threads": torch.get_num_threads(),
                    "final": final, "history": self.history, "provenance": self.origin}
         if hasattr(self.system, "loop_record"):  # which loop trained (the pack's is the automatic one written out)
             metrics["loop"] = self.system.loop_record

@@ -18,6 +18,7 @@ member whose loss stops being finite is marked failed and leaves the pack; the o
 
 import contextlib
 import logging
+import time
 
 import torch
 from hydra.utils import instantiate
@@ -43,6 +44,7 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
     if stack not in STACKS:
         raise ValueError(f"stack={stack!r}: expected one of {', '.join(STACKS)}")
     first, device = cfgs[0], device_of(cfgs[0])
+    start = time.perf_counter()
     data = instantiate(first.data)  # one data set for the pack: members differ in their shuffling seed alone
     data.prepare()
     data.setup()
@@ -52,6 +54,9 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
     members = []
     for cfg, chosen in zip(cfgs, choices or [None] * len(cfgs), strict=True):
         members.append(Member(cfg, data, chosen, device))
+    shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / len(members)
+    for member in members:  # the data set, read once for all
+        member.seconds += shared
     with _deterministic(all(cfg.seed is not None for cfg in cfgs)):
         fit(members, data, stack)
     results = []
@@ -60,13 +65,25 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
             results.append(member.failure)
             continue
         try:
-            test = evaluate([member], data.splits["test"], first.data.eval_batch_size, stack, "test")[0]
+            with timed([member]):
+                test = evaluate([member], data.splits["test"], first.data.eval_batch_size, stack, "test")[0]
             results.append(member.finish(test))
         except Exception as e:  # this member's files: the others still end
             member.fail(e)
             results.append(member.failure)
     drawer.settle()  # every member's figures on disk, as train() leaves a run's
     return results
+
+
+@contextlib.contextmanager
+def timed(members: list[Member]):
+    """The block's time, shared out among `members`: a member's wall_time_s is what it cost the pack."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        for m in members:
+            m.seconds += (time.perf_counter() - start) / max(1, len(members))
 
 
 @contextlib.contextmanager
@@ -92,20 +109,24 @@ def fit(members: list[Member], data, stack: str) -> None:
             m.start_epoch(epoch)
         if stack == "loop":  # member after member through the epoch: one net's weights stay in the caches
             for m in active:
-                for batch_idx, batch in enumerate(m.loader):
-                    if _loop_step([m], [batch], batch_idx, epoch):
-                        break
+                with timed([m]):
+                    for batch_idx, batch in enumerate(m.loader):
+                        if _loop_step([m], [batch], batch_idx, epoch):
+                            break
         else:  # all members in step, each step one batched call
-            running = [(m, iter(m.loader)) for m in active]
-            for batch_idx in range(len(active[0].loader)):
-                batches = [next(it) for _, it in running]
-                failed = _vmap_step([m for m, _ in running], batches, batch_idx, epoch)
-                running = [(m, it) for m, it in running if m not in failed]
+            with timed(active):
+                running = [(m, iter(m.loader)) for m in active]
+                for batch_idx in range(len(active[0].loader)):
+                    batches = [next(it) for _, it in running]
+                    failed = _vmap_step([m for m, _ in running], batches, batch_idx, epoch)
+                    running = [(m, it) for m, it in running if m not in failed]
         active = [m for m in active if m.failed is None]
-        val = evaluate(active, data.splits["val"], eval_batch_size, stack, "val")
+        with timed(active):
+            val = evaluate(active, data.splits["val"], eval_batch_size, stack, "val")
         for m, metrics in zip(active, val, strict=True):
             try:
-                m.end_epoch(epoch, metrics)
+                with timed([m]):
+                    m.end_epoch(epoch, metrics)
             except Exception as e:
                 m.fail(e)
 
