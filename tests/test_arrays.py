@@ -155,3 +155,18 @@ def test_a_bad_file_on_the_command_line_ends_in_one_line_and_leaves_no_folder(tm
     path = _file(tmp_path, "float labels")
     out = no_traceback(run_cli("data=arrays", f"data.path={path}", f"hydra.run.dir={tmp_path / 'run'}"))
     assert "y_train holds float32 values" in out and not (tmp_path / "run").exists()
+
+
+def test_show_draws_image_arrays_and_refuses_feature_vectors_in_one_line(tmp_path):
+    from task1.tools.show import show
+
+    rng = np.random.default_rng(0)
+    X, y = rng.random((30, 3, 12, 12)).astype(np.float32), rng.integers(0, 2, 30)
+    np.savez(tmp_path / "colour.npz", X_train=X[:20], y_train=y[:20], X_test=X[20:], y_test=y[20:])
+    drawn = show(compose_cfg("data=arrays", f"data.path={tmp_path / 'colour.npz'}", f"output_dir={tmp_path / 'a'}",
+                             config_name="show"))
+    assert drawn.is_file()
+    vectors = write_npz(tmp_path / "blobs.npz")
+    with pytest.raises(Task1Error, match=r"task1 show draws images, and the examples of task1.data.ArraysData are "
+                                         r"vectors of 5 numbers: there is nothing to show."):
+        show(compose_cfg("data=arrays", f"data.path={vectors}", f"output_dir={tmp_path / 'b'}", config_name="show"))

@@ -56,6 +56,10 @@ def show(cfg: DictConfig) -> Path:
             if not len(y):
                 raise Task1Error(f"show.classes={list(opts.classes)}: the {opts.split} split has none of them.")
         X, y = X[:opts.count], y[:opts.count]
+        if X.ndim < 3:  # data=arrays of feature vectors: no images to draw
+            raise Task1Error(f"task1 show draws images, and the examples of {cfg.data._target_} are vectors of "
+                             f"{X.shape[1]} numbers: there is nothing to show.")
+        X = X.mean(dim=1) if X.ndim == 4 else X  # (n, c, h, w) -> (n, h, w): colour shown in grey
         fig = plots.image_grid(X, [names[i] for i in y.tolist()], ncols=opts.ncols)
     image = plots.to_array(fig)
     path = plots.save(image, out / f"{opts.split}.png")
