@@ -3,6 +3,11 @@
 The run's `.hydra/config.yaml` (the full config, interpolations kept) becomes the primary config, so the rerun
 trains exactly what the run trained, in a new run folder; overrides such as `trainer.max_epochs=20` still apply
 on top.
+
+A run folder is data: the classes its saved config names must be task1's, torch's optimizers and schedulers,
+Lightning's callbacks, loggers and plugins, or under a module prefix you trust (`trust=mypkg`, or
+TASK1_TRUST=mypkg, for a run you made with classes of your own); anything else is refused before it is built
+(docs/errors.md, "What task1 trusts").
 """
 
 import sys
