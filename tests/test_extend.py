@@ -262,3 +262,11 @@ def test_a_made_up_key_beside_another_optimizer_class_is_still_refused(make_cfg)
     with pytest.raises(Task1Error, match=r"optimizer.alpah is not a field of optimizer \(torch.optim.RMSprop\): did "
                                          r"you mean optimizer.alpha\?"):
         train(make_cfg("optimizer._target_=torch.optim.RMSprop", "+optimizer.alpah=0.9"))
+
+
+def test_another_scheduler_class_through_target_drops_the_keys_it_does_not_take(make_cfg):
+    from task1.core.config import validate
+
+    cfg = make_cfg("scheduler=step", "scheduler._target_=torch.optim.lr_scheduler.ExponentialLR")
+    validate(cfg)
+    assert set(cfg.scheduler) == {"_target_", "_partial_", "gamma", "interval", "frequency"}  # step_size dropped
