@@ -82,10 +82,12 @@ def test_a_pack_of_four_writes_what_each_job_writes_and_ends_where_it_ends(fake_
     assert abs(scored["test/loss"] - packed[-1]["final"]["test/loss"]) <= 1e-6 * packed[-1]["final"]["test/loss"]
 
 
-def test_a_member_that_diverges_fails_alone_and_the_others_go_on(fake_root, tmp_path):
+@pytest.mark.parametrize("stack", ["loop", "vmap"])
+def test_a_member_that_diverges_fails_alone_and_the_others_go_on(fake_root, tmp_path, stack):
     members = [job(tmp_path, fake_root, name, "logger=none", "figures.enabled=false", f"optimizer.lr={lr}")[1]
-               for name, lr in (("fine", 0.1), ("diverges", 1e38))]
-    fine, diverged = train_pack(members)
+               for name, lr in (("fine", 0.1), ("diverges", 1e38), ("alone", 0.1))]
+    fine, diverged = train_pack(members[:2], stack=stack)
+    assert fine == train_pack(members[2:], stack=stack)[0] | {"wall_time_s": fine["wall_time_s"]}  # unharmed
     assert fine["status"] == "completed" and fine["epochs"] == 2
     assert diverged["status"] == "failed" and diverged["repeats"] and "diverged" in diverged["error"]
     on_disk = json.loads((tmp_path / "diverges" / "metrics.json").read_text())
