@@ -1,15 +1,20 @@
 """Nothing lost: the folder lock (one primitive, tested not taken by a probe, never through a link), files that
-respect the umask, and a figure drawer that hangs or dies."""
+respect the umask, a figure drawer that hangs or dies, and a joblib sweep stopped by Ctrl-C."""
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, make_fashion_mnist, run_cli
 
 from task1 import Task1Error, drawer
 from task1.io import FolderInUseError, hold, locked, write_atomic, write_json
@@ -148,3 +153,65 @@ def test_a_drawer_that_dies_leaves_its_figures_to_the_run(tmp_path):
     waited(client)
     assert not client.alive and not client.draw(figure(tmp_path / "d.png"))
     assert all((tmp_path / f"{name}.png").stat().st_size > 0 for name in "abc")
+
+
+def lr_folders(sweep: Path) -> dict[str, Path]:
+    """optimizer.lr -> the folder of the job that swept it."""
+    found = {}
+    for path in sweep.glob("*/.hydra/overrides.yaml"):
+        (lr,) = [o.split("=", 1)[1] for o in yaml.safe_load(path.read_text()) if o.startswith("optimizer.lr=")]
+        found[lr] = path.parent.parent
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to", ["the command", "its process group"])  # a SIGINT to it alone; a terminal's Ctrl-C
+def test_ctrl_c_of_a_joblib_sweep_stops_each_job_where_it_stands_and_the_same_command_finishes(tmp_path, to):
+    root = make_fashion_mnist(tmp_path / "data", n_train=2000, n_test=200)
+    args = [f"data.root={root}", "trainer=cpu", "trainer.max_epochs=2", "model=mlp", "model.num_hiddens=32",
+            "data.batch_size=16", "checkpoint_every_n_steps=10", "logger=none", "figures.enabled=false", "threads=1",
+            "optimizer.lr=0.1,0.2,0.3"]
+    result = run_cli("--multirun", *args, f"hydra.sweep.dir={tmp_path / 'uninterrupted'}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    reference = {lr: json.loads((f / "metrics.json").read_text())
+                 for lr, f in lr_folders(tmp_path / "uninterrupted").items()}
+
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "task1.train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               *args, f"hydra.sweep.dir={sweep}"]
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not list(sweep.glob("*/checkpoints/last.ckpt")):  # a job under way
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.01)
+        if to == "the command":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = (tmp_path / "first.log").read_text()
+    assert proc.returncode == 130 and "Traceback" not in out, out[-4000:]
+    said = [line for line in out.splitlines() if "Interrupted:" in line]
+    assert len(said) == 1 and f"{sweep / 'summary.md'} says where each one stands" in said[0], out[-4000:]
+    assert "Go on: run this command again" in said[0]
+    jobs = lr_folders(sweep)
+    assert sorted(jobs) == ["0.1", "0.2", "0.3"] and (sweep / "summary.md").is_file()
+    stood = {lr: json.loads((f / "metrics.json").read_text()) for lr, f in jobs.items()}  # every job says
+    assert all(m["status"] in ("completed", "interrupted") for m in stood.values()), stood
+    stopped = [lr for lr, m in stood.items() if m["status"] == "interrupted"]
+    assert stopped and all(stood[lr]["error"] for lr in stopped)
+    assert f"{len(stopped)} not completed" in out  # the report of every job, as it stands
+
+    result = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *args,
+                     f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for lr, folder in lr_folders(sweep).items():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["status"] == "completed"
+        assert metrics["final"] == reference[lr]["final"] and metrics["history"] == reference[lr]["history"]
