@@ -5,6 +5,7 @@ start from what a run saved (`<run>/.hydra/config.yaml`, the composed config wit
 today's `conf/`, so they train exactly what the run trained.
 """
 
+import contextlib
 import functools
 import importlib.resources
 import json
@@ -87,7 +88,12 @@ class WritableFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
-        self._not_held(Path(str(OmegaConf.select(config, "hydra.run.dir"))))
+        self._holding = self._hold(Path(str(OmegaConf.select(config, "hydra.run.dir"))))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra has written .hydra/ and opened train.log: the run takes the folder over (task1.train holds it)
+        if getattr(self, "_holding", None) is not None:
+            self._holding.close()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")  # the jobs' folders are made inside it, one by one
@@ -108,17 +114,20 @@ class WritableFolder(Callback):
                                 f"another with {key}=<folder>, or free space / fix the permissions."))
 
     @staticmethod
-    def _not_held(folder: Path) -> None:
-        """A folder that another process holds (a run training in it) is refused here, before Hydra writes .hydra/
-        and train.log into it. A rank other than 0 follows its rank 0, which holds the folder: it goes on."""
-        from task1.sweeps.folders import held, other_rank
+    def _hold(folder: Path) -> contextlib.ExitStack | None:
+        """The run's folder held while Hydra writes .hydra/ and train.log into it; one that another process holds
+        (a run training in it) is refused before anything is written. A rank other than 0 follows its rank 0,
+        which holds the folder: it holds nothing."""
+        from task1.sweeps.folders import other_rank
 
-        if held(folder) and not other_rank():
-            try:
-                with hold(folder):  # its FolderInUseError names the holder (unless it ended just now)
-                    pass
-            except FolderInUseError as e:
-                fail(e)
+        if other_rank():
+            return None
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(hold(folder))
+        except FolderInUseError as e:
+            fail(e)
+        return stack
 
 
 def saved_config_dir(run: str | Path, how: str = "") -> Path:
