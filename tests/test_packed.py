@@ -119,6 +119,21 @@ def test_a_wrong_launcher_setting_is_one_line(fake_root, tmp_path, setting, said
     assert said in out and not list(tmp_path.glob("*/metrics.json"))
 
 
+@pytest.mark.slow
+def test_a_packed_sweep_packs_by_batch_size_and_records_a_member_refused(fake_root, tmp_path):
+    result = run_cli("--multirun", "hydra/launcher=packed", f"data.root={fake_root}", *QUIET, "logger=none",
+                     "optimizer.lr=-1,0.1", "data.batch_size=32,64", f"hydra.sweep.dir={tmp_path}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "Launching 4 jobs: 4 in 2 packs, 0 alone" in out, out[-3000:]
+    jobs = {n: json.loads((tmp_path / str(n) / "metrics.json").read_text()) for n in range(4)}
+    # Hydra orders the jobs by key: (32, -1), (32, 0.1), (64, -1), (64, 0.1)
+    assert [jobs[n]["status"] for n in range(4)] == ["failed", "completed", "failed", "completed"]
+    assert jobs[0]["error"].startswith("optimizer.lr=-1 is not allowed")  # refused before anything is built
+    assert (tmp_path / "3" / ".hydra" / "overrides.yaml").is_file() and (tmp_path / "3" / "figures").is_dir()
+    assert "epoch 2/2" in (tmp_path / "3" / "train.log").read_text()
+    assert len((tmp_path / "summary.csv").read_text().splitlines()) == 5
+
+
 def sweep_args(root, sweep) -> list[str]:
     return ["--multirun", "hydra/launcher=packed", f"data.root={root}", "trainer=cpu", "data.batch_size=32",
             "trainer.max_epochs=4", "logger=none", "figures.enabled=false", "seed=0,1", "optimizer.lr=0.03,0.1",

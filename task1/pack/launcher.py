@@ -149,7 +149,7 @@ def _prepare(job: Job, holding: contextlib.ExitStack, cfg: DictConfig) -> None:
         if not (Path(cfg.output_dir) / "checkpoints" / PACK_STATE).is_file():
             folders.continue_job(cfg)  # nothing to reuse or resume here (alone_reason): it clears the folder
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    except Task1Error as e:
+    except Exception as e:  # recorded, not raised, as a job's failure is (task1.train.job): the sweep goes on
         record_failure(cfg, e, 0.0)
         return
     job.prepared.update(cfg=resolved, choices=OmegaConf.to_container(HydraConfig.get().runtime.choices))
