@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from task1 import drawer
 from task1.core.build import build_all, build_system, save_config, set_threads_and_seed, summary_table
-from task1.core.callbacks import DivergedError, PredictionFigures
+from task1.core.callbacks import DivergedError, FiniteLoss, PredictionFigures
 from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
 from task1.core.hparams import log_final
 from task1.core.provenance import provenance
@@ -28,6 +28,7 @@ from task1.models.system import EpochSums
 from task1.optim.schedule import scheduler_steps, with_run_length
 
 log = logging.getLogger("task1")
+GPU_EVERY = FiniteLoss().gpu_every
 PACK_STATE = "pack_state.ckpt"  # checkpoints/<this>: a member's state after its latest epoch, for the pack alone
 
 
@@ -113,10 +114,13 @@ class Member:
 
     def after_step(self, loss: torch.Tensor, batch_idx: int, n: int, epoch: int) -> None:
         """After the optimizer step: a NaN check (FiniteLoss), the step's log line, a per-step scheduler."""
-        value = loss.item()
-        if not math.isfinite(value):
-            raise DivergedError(epoch, self.global_step, f"the loss is {value}")
-        if self.loggers and self.log_every and self.global_step % self.log_every == 0:
+        logged = self.loggers and self.log_every and self.global_step % self.log_every == 0
+        # on a GPU, reading the loss waits for the device: checked every GPU_EVERY steps there, as FiniteLoss does
+        if loss.device.type == "cpu" or logged or self.global_step % GPU_EVERY == 0:
+            value = loss.item()
+            if not math.isfinite(value):
+                raise DivergedError(epoch, self.global_step, f"the loss is {value}")
+        if logged:
             per_example = value / (n if self.reduction == "sum" else 1)
             for logger in self.loggers:
                 logger.log_metrics({"train/loss_step": per_example, "train/lr_step": self.lr()}, step=self.global_step)

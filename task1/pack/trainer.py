@@ -18,6 +18,7 @@ member whose loss stops being finite is marked failed and leaves the pack; the o
 
 import contextlib
 import logging
+import os
 import time
 
 import torch
@@ -90,6 +91,8 @@ def timed(members: list[Member]):
 def _deterministic(on: bool):
     """What Lightning's Trainer(deterministic=True) does for a seeded run, for the pack's loop."""
     before = torch.are_deterministic_algorithms_enabled()
+    if on:  # cuBLAS is deterministic only with this workspace (Lightning sets the same)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(on)
     try:
         yield
