@@ -218,6 +218,9 @@ def test_a_python_tag_in_a_saved_overrides_file_is_one_line_naming_it(finished, 
     for command in (["summarize", str(sweep)], ["curves", str(sweep)]):
         refused(run_cli("-m", "task1", *command), str(overrides), "Python object tag")
     assert not marker.exists()
+    overrides.write_text("a: 1\n")  # not a list: not Hydra's
+    with pytest.raises(trust.UntrustedError, match="is not a list of overrides"):
+        trust.read_saved_overrides(overrides)
 
 
 @pytest.mark.parametrize(("override", "words"), [

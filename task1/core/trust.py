@@ -277,6 +277,15 @@ def read_saved_yaml(path: Path) -> Any:
         raise UntrustedError(f"{path} cannot be read ({error_line(e)}).") from None
 
 
+def read_saved_overrides(path: Path) -> list[str]:
+    """A saved overrides.yaml: a list of `key=value` strings (read as data, see `read_saved_yaml`)."""
+    saved = read_saved_yaml(path)
+    if not isinstance(saved, list | None):
+        raise UntrustedError(f"{path} is not a list of overrides (key=value): it was not written by Hydra. Remove "
+                             f"that job folder, or use a folder task1 wrote.")
+    return [str(o) for o in saved or []]
+
+
 def check_saved_dir(hydra_dir: Path, name: str = "config", args: list[str] = ()) -> None:
     """A run's saved `.hydra` folder (or a sweep's config folder) about to be Hydra's primary config path: its
     `<name>.yaml` checked, and no config groups beside it (Hydra would look for a group's options there)."""
@@ -289,6 +298,7 @@ def check_saved_dir(hydra_dir: Path, name: str = "config", args: list[str] = ())
 
 def check_saved_run(hydra_dir: Path, args: list[str] = ()) -> None:
     """A run's `.hydra` folder whose `hydra.yaml` gives the overrides a rerun composes from conf/ again."""
+    read_saved_yaml(hydra_dir / "config.yaml")  # compared with what the overrides compose: data only, too
     saved = read_saved_yaml(hydra_dir / "hydra.yaml")
     hydra = (saved.get("hydra") if isinstance(saved, dict) else None) or {}
     check_overrides(list((hydra.get("overrides") or {}).get("task") or []), str(hydra_dir / "hydra.yaml"), args)

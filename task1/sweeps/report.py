@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from task1 import Task1Error
 from task1.cli import exit_on_error
-from task1.core.trust import read_saved_yaml
+from task1.core.trust import read_saved_overrides, read_saved_yaml
 from task1.io import natural_key, write_atomic
 from task1.results import read_run
 from task1.sweeps import seeds
@@ -39,7 +39,7 @@ def read_jobs(sweep: Path) -> list[dict]:
     jobs = []
     for folder in folders:
         name = folder.relative_to(sweep).as_posix()
-        overrides = read_saved_yaml(folder / ".hydra" / "overrides.yaml") or []  # data: a Python tag is refused
+        overrides = read_saved_overrides(folder / ".hydra" / "overrides.yaml")  # data: a Python tag is refused
         run = read_run(folder)  # no metrics.json: killed (or still running) before it could write one: incomplete
         # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))

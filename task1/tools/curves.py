@@ -10,7 +10,7 @@ from pathlib import Path
 
 from task1 import Task1Error, plots
 from task1.cli import exit_on_error
-from task1.core.trust import read_saved_yaml
+from task1.core.trust import read_saved_overrides
 from task1.io import natural_key
 from task1.results import METRICS, read_run
 from task1.sweeps.seeds import mean_std
@@ -20,7 +20,7 @@ def run_label(run: Path, root: Path) -> str:
     """A run's overrides ("model=mlp optimizer.lr=0.1"), or its folder relative to `root`."""
     overrides = run / ".hydra" / "overrides.yaml"
     if overrides.is_file():
-        saved = read_saved_yaml(overrides) or []  # data only: a Python tag is one line naming the file
+        saved = read_saved_overrides(overrides)  # data only: a Python tag is one line naming the file
         shown = [o for o in saved if not str(o).startswith(("hydra.", "output_dir="))]
         if shown:
             return " ".join(map(str, shown))
