@@ -250,7 +250,8 @@ def test_one_epoch_is_a_point_on_a_whole_epoch_tick_with_train_and_val_apart(tmp
 def test_a_band_over_seeds_says_what_it_is():
     from task1.plots import learning_curves
 
-    mean = [{"train/loss": 1.0, "val/loss": 1.1, "train/lr": 0.1}, {"train/loss": 0.5, "val/loss": 0.6, "train/lr": 0.1}]
+    mean = [{"train/loss": 1.0, "val/loss": 1.1, "train/lr": 0.1},
+            {"train/loss": 0.5, "val/loss": 0.6, "train/lr": 0.1}]
     std = [{"train/loss": 0.1, "val/loss": 0.1, "train/lr": 0.0}] * 2
     fig = learning_curves({"mean of 3 seeds": mean}, {"mean of 3 seeds": std})
     texts = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
