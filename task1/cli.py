@@ -248,7 +248,21 @@ def rerun_argv(argv: list[str]) -> list[str]:
                 trust.check_saved_dir(path, args=args)  # data, not code: what it would build is checked first
                 args[i:i + (1 if value else 2)] = ["--config-path", str(path.resolve())]
                 return _with_saved_defaults(path, args)
+        if name in ("--config-path", "-cp") and (value or i + 1 < len(args)):
+            path = Path(value or args[i + 1])
+            if (path / "hydra.yaml").is_file():  # a saved run's folder given as Hydra's own: data all the same
+                trust.check_saved_dir(path, _flag(args, ("--config-name", "-cn")) or "config", args=args)
     return args
+
+
+def _flag(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last of the flags `names` among `args` (`--flag value` or `--flag=value`)."""
+    found = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in names:
+            found = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return found
 
 
 def resume_argv(argv: list[str]) -> list[str]:

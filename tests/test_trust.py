@@ -341,3 +341,12 @@ def test_api_rerun_refuses_a_saved_target_and_leaves_the_trust_of_the_process_as
     with pytest.raises(trust.UntrustedError, match=r"names site\.addsitedir"):
         api.rerun(run, "trust=mypkg")
     assert os.environ[trust.TRUST_ENV] == "first"
+
+
+def test_a_saved_runs_folder_given_as_hydras_config_path_is_data_too(finished, tmp_path):
+    run = saved_run(finished, tmp_path, trainer={"profiler": {"_target_": "site.addsitedir", "sitedir": "/tmp"}})
+    out = tmp_path / "again"
+    refused(run_cli("--config-path", str(run / ".hydra"), "--config-name", "config", f"hydra.run.dir={out}"),
+            "names site.addsitedir", "trust=site")
+    refused(run_cli("-cp", str(run / ".hydra"), "-cn", "hydra", f"hydra.run.dir={out}"), "a hydra: node is not taken")
+    assert not out.exists()
