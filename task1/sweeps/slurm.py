@@ -418,10 +418,10 @@ def returned(ret: JobReturn) -> dict:
         error = ret._return_value
         return {"status": "failed", "type": type(error).__name__, "error": str(error),
                 "traceback": "".join(traceback.format_exception(error))}
-    value = ret._return_value
-    for plain in (lambda v: v, float, lambda v: [float(x) for x in v], repr):
+    for plain in (lambda v: v, float, lambda v: [float(x) for x in v], repr):  # (repr always answers)
         try:
-            json.dumps(value := plain(ret._return_value), allow_nan=True)
+            value = plain(ret._return_value)
+            json.dumps(value)
             break
         except (TypeError, ValueError):
             continue
