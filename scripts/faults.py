@@ -14,7 +14,7 @@ until it ends; then every job must be `completed` with exactly the metrics of th
 launcher, no trial of the search may have failed, no job that had finished may have trained again (its
 checkpoints untouched since), and every folder's files and checkpoints must read back.
 
-tests/test_faults.py runs a short schedule; this script, the long one. It exits 1 when a check fails.
+tests/test_cluster.py runs a short schedule; this script, the long one. It exits 1 when a check fails.
 """
 
 import argparse
