@@ -97,6 +97,8 @@ class Job:
             return self.task_function(cfg)
         except KeyboardInterrupt:  # before the job's training took it: its folder says where it stands
             return None
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker between jobs is no job to stop
 
 
 def _once(signum: int, frame: Any) -> None:

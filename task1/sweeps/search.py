@@ -211,7 +211,7 @@ class Search(Sweeper):
         again = [(self._trial(study, t.number), self._overrides(t.params, fixed)) for t in again]
         run = launching.Run(self, max(0, total - done) + len(again), again)
         try:
-            run.go(lambda: self._ask(study, space, fixed, custom), lambda trial, ret: self._tell(study, trial, ret),
+            run.go(lambda: self._ask(study, space, fixed, custom), lambda trial, ret: self._finish(study, trial, ret),
                    lambda trial, ret: self._finish(study, trial, ret, wait=False))
         except KeyboardInterrupt:  # the jobs ran in this command's processes (basic, joblib) and have stopped
             self._write_results(study, storage)
@@ -292,9 +292,6 @@ class Search(Sweeper):
         """A trial's job's overrides: its sampled values, then the fixed overrides as given."""
         return [*(f"{k}={override_value(v)}" for k, v in params.items()), *fixed.values()]
 
-    def _tell(self, study: optuna.Study, trial: Trial, ret: JobReturn) -> str | None:
-        return self._finish(study, trial, ret)
-
     def _finish(self, study: optuna.Study, trial: Trial, ret: JobReturn | None, wait: bool = True) -> str | None:
         """Finish a trial its job left running, as `_outcome` finds its end: complete with its values, pruned, or
         failed with the reason (logged, and the trial's user attribute `fail_reason`); a trial whose job did not
@@ -329,7 +326,8 @@ class Search(Sweeper):
         holds is waited for (`wait`), else no end yet. Another app's end is its job's return value."""
         n = len(study.directions)
         if self._task1():
-            folder = self._folder(number)
+            ran = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret and ret.hydra_cfg else None
+            folder = Path(ran) if ran else self._folder(number)
             if held(folder):
                 if not wait:
                     return None
