@@ -16,7 +16,9 @@ them to the job, makes the sweep folder, and (joblib) configures the sweeper's l
 each time. The basic launcher runs the job in this process, where two jobs would share HydraConfig, the logging
 config and the working directory, and where only the main thread takes signals: it runs one trial at a time, in
 the main thread. task1's SLURM launcher composes and submits one launch at a time (a lock) and waits for its
-jobs side by side; Ctrl-C ends every wait. A launcher not known here gets batches, as Hydra's own sweepers give it.
+jobs side by side; Ctrl-C ends every wait (the jobs go on). task1's joblib launcher (hydra/launcher=joblib) stops
+its jobs where they stand on Ctrl-C, and they return. A launcher not known here gets batches, as Hydra's own
+sweepers give it. Whatever ends a launch, a trial is told what its job's folder says (task1.sweeps.search).
 """
 
 import itertools
