@@ -74,7 +74,8 @@ def finished(fake_root, tmp_path_factory) -> Path:
 
 def planted(finished: Path, tmp_path: Path, payload: dict) -> dict[str, Path]:
     """The payload placed in a run folder (its saved config), a sweep folder (the config its multirun.yaml names:
-    a sweep of a rerun), a checkpoint (its hyper_parameters.config) and a reproduction's run folder."""
+    a sweep of a rerun), a checkpoint (its hyper_parameters.config; also as the last.ckpt of a stopped run) and a
+    reproduction's run folder."""
     run = tmp_path / "run"
     shutil.copytree(finished, run)
     saved = run / ".hydra" / "config.yaml"
@@ -95,9 +96,14 @@ def planted(finished: Path, tmp_path: Path, payload: dict) -> dict[str, Path]:
     ckpt = tmp_path / "shared.ckpt"
     torch.save(checkpoint, ckpt)
 
+    stopped = tmp_path / "stopped"  # a run stopped mid-way (no metrics.json) whose last.ckpt carries the payload
+    shutil.copytree(finished, stopped)
+    (stopped / "metrics.json").unlink()
+    shutil.copy(ckpt, stopped / "checkpoints" / "last.ckpt")
+
     reproduction = tmp_path / "reproduce"
     shutil.copytree(run, reproduction / "runs" / "d2l_3_7_softmax_concise" / "seed_0")
-    return {"run": run, "sweep": sweep, "ckpt": ckpt, "reproduce": reproduction}
+    return {"run": run, "sweep": sweep, "ckpt": ckpt, "stopped": stopped, "reproduce": reproduction}
 
 
 def refused(result, *words: str) -> str:
@@ -162,6 +168,7 @@ def test_no_command_runs_a_payload_planted_in_a_run_a_sweep_or_a_checkpoint(name
     assert rerun.startswith(str(at["run"] / ".hydra" / "config.yaml"))
     refused(run_cli(f"resume={at['run']}", env=env), *words)
     refused(run_cli(f"resume={at['sweep']}", env=env), *words)
+    refused(run_cli(f"resume={at['stopped']}", env=env), "last.ckpt (its hyper_parameters.config)", *words)
     refused(run_cli("-m", "task1", "eval", f"ckpt_path={at['ckpt']}", f"out={tmp_path / 'eval'}", env=env),
             f"ckpt_path={at['ckpt']}", *words)
     assert not (tmp_path / "rerun").exists() and not (tmp_path / "eval").exists()

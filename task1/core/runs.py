@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from task1 import Task1Error, error_line, first_line
+from task1.core.trust import check_config
 from task1.io import dotted, write_json
 from task1.results import METRICS, read_run
 
@@ -88,6 +89,8 @@ def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(saved, dict):
         return []  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
+    # compared, not built; but data all the same: what it would build is refused in one line, as for the run's config
+    check_config(saved, f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} (its hyper_parameters.config)")
     shown = config_changes(cfg, saved)
     if shown:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
