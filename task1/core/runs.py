@@ -89,8 +89,11 @@ def check_resume(cfg: DictConfig, checkpoint: dict) -> list[str]:
     saved = checkpoint.get("hyper_parameters", {}).get("config")
     if not isinstance(saved, dict):
         return []  # a checkpoint of a task1 too old to record its config: the saved .hydra config is all there is
-    # compared, not built; but data all the same: what it would build is refused in one line, as for the run's config
-    check_config(saved, f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} (its hyper_parameters.config)")
+    # compared, not built; but data all the same: what it names is refused in one line, as in the run's config,
+    # unless this run (its config checked, or composed from the user's own) names the same at that key
+    now = dotted(OmegaConf.to_container(cfg, resolve=True))
+    same = [f"{k}=" for k, v in dotted(saved).items() if k in now and now[k] == v]
+    check_config(saved, f"{Path(cfg.resume) / 'checkpoints' / 'last.ckpt'} (its hyper_parameters.config)", same)
     shown = config_changes(cfg, saved)
     if shown:
         raise Task1Error(f"resume={cfg.resume}: a resumed run goes on as it started, so these cannot change: "
