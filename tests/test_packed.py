@@ -141,7 +141,8 @@ def sweep_args(root, sweep) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninterrupted_one_ends(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninterrupted_one_ends(tmp_path, sig):
     root = make_fashion_mnist(tmp_path / "data", n_train=12000, n_test=200)  # epochs long enough to kill one
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     result = run_cli(*sweep_args(root, whole))
@@ -156,9 +157,13 @@ def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninte
     while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # into the next epoch
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "0" / "metrics.json").exists(), "the pack ended before it was killed: use more data"
+    proc.send_signal(sig)
+    assert proc.wait() != 0
+    said = [json.loads(p.read_text()) for p in killed.glob("*/metrics.json")]
+    assert not any(m["status"] == "completed" for m in said), "the pack ended before it was killed: use more data"
+    if sig == signal.SIGTERM:  # each member's folder says it was stopped, and how to go on
+        assert len(said) == 4 and all(m["status"] == "interrupted" for m in said)
+        assert "Continue with the same sweep command" in said[0]["error"]
 
     result = run_cli(*sweep_args(root, killed))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]

@@ -183,6 +183,17 @@ class Member:
         self.log.error("%s: %s", self.out, error)
         self.close_log()
 
+    def interrupted(self) -> None:
+        """The pack was stopped (a signal, Ctrl-C): metrics.json says where the member will go on from."""
+        kept = (f"checkpoints/{PACK_STATE} holds its state after epoch {self.epochs_done}" if self.epochs_done
+                else "no epoch had ended")
+        write_json(self.out / "metrics.json", {
+            "status": "interrupted", "seed": self.cfg.seed, "epochs": len(self.history), "final": {},
+            "history": self.history, "wall_time_s": round(self.seconds, 3),
+            "error": f"Stopped by a signal during epoch {self.epochs_done + 1} of a packed run ({kept}). Continue "
+                     f"with the same sweep command: the pack goes on from there."})
+        self.close_log()
+
     def finish(self, test: dict[str, float]) -> dict:
         """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes."""
         final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if isinstance(v, float)}

@@ -19,6 +19,8 @@ member whose loss stops being finite is marked failed and leaves the pack; the o
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 
 import torch
@@ -58,8 +60,14 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
     shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / len(members)
     for member in members:  # the data set, read once for all
         member.seconds += shared
-    with _deterministic(all(cfg.seed is not None for cfg in cfgs)):
-        fit(members, data, stack)
+    try:
+        with _deterministic(all(cfg.seed is not None for cfg in cfgs)), _ending_on_sigterm():
+            fit(members, data, stack)
+    except (KeyboardInterrupt, SystemExit):  # each member's folder says so; its state after its epoch is kept
+        for member in members:
+            if member.failed is None:
+                member.interrupted()
+        raise
     results = []
     for member in members:
         if member.failed is not None:
@@ -85,6 +93,24 @@ def timed(members: list[Member]):
     finally:
         for m in members:
             m.seconds += (time.perf_counter() - start) / max(1, len(members))
+
+
+@contextlib.contextmanager
+def _ending_on_sigterm():
+    """SIGTERM (kill, scancel, a preemption) ends the pack at once, as Ctrl-C does: what the pack keeps of a member
+    is its state after its latest epoch, written atomically, so stopping anywhere in between loses nothing more."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum: int, frame) -> None:
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager
