@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli
 from task1.io import FolderInUseError, hold
+from task1.pack import PACK_STATE
 from task1.pack.grouping import STACKS, packs, unpackable
-from task1.pack.member import PACK_STATE
 from task1.sweeps import folders
 from task1.sweeps.context import is_search
 

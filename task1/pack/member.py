@@ -26,10 +26,10 @@ from task1.data.loader import TensorLoader
 from task1.io import write_json
 from task1.models.system import EpochSums
 from task1.optim.schedule import scheduler_steps, with_run_length
+from task1.pack import PACK_STATE
 
 log = logging.getLogger("task1")
 GPU_EVERY = FiniteLoss().gpu_every
-PACK_STATE = "pack_state.ckpt"  # checkpoints/<this>: a member's state after its latest epoch, for the pack alone
 
 
 class Member:
