@@ -108,14 +108,16 @@ def plant_pickles(submitit: Path, marker: Path) -> int:
     return len(folders)
 
 
-def failing_squeue(folder: Path) -> tuple[Path, Path]:
-    """A folder holding an `squeue` that fails, as an unreachable controller makes it fail, while the flag file
-    exists (else it is the real one), and that flag: put the folder first on PATH."""
+def failing_squeue(folder: Path, hangs: bool = False) -> tuple[Path, Path]:
+    """A folder holding an `squeue` that fails, as an unreachable controller makes it fail (or, `hangs`, gives no
+    answer at all outside a job), while the flag file exists (else it is the real one), and that flag: put the
+    folder first on PATH."""
     folder.mkdir()
     flag, real = folder / "down", subprocess.run(["which", "squeue"], capture_output=True, text=True).stdout.strip()
-    (folder / "squeue").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then echo 'squeue: error: slurm_load_jobs error: "
-                                   f"Unable to contact slurm controller (connect failure)' >&2; exit 1; fi\n"
-                                   f"exec {real} \"$@\"\n")
+    down = ("[ -z \"$SLURM_JOB_ID\" ] && exec sleep 600" if hangs else
+            "echo 'squeue: error: slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; "
+            "exit 1")
+    (folder / "squeue").write_text(f"#!/bin/sh\nif [ -e {flag} ]; then {down}; fi\nexec {real} \"$@\"\n")
     (folder / "squeue").chmod(0o755)
     return folder, flag
 
@@ -275,16 +277,20 @@ def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_p
     assert finals(tmp_path) == uninterrupted
 
 
-def test_a_scheduler_that_does_not_answer_is_asked_again_then_given_up_on_in_one_line(slurm, long_jobs, tmp_path):
+@pytest.mark.parametrize("hangs, said", [
+    (False, "squeue ended with status 1: squeue: error: slurm_load_jobs error: Unable to contact slurm controller"),
+    (True, "squeue gave no answer within 15 s"),
+])
+def test_a_scheduler_that_does_not_answer_is_asked_again_then_given_up_on_in_one_line(slurm, long_jobs, tmp_path,
+                                                                                      hangs, said):
     args, uninterrupted = long_jobs
-    wrappers, flag = failing_squeue(tmp_path / "bin")
-    flag.touch()  # squeue fails from the start, for longer than the command's patience (15 s here)
+    wrappers, flag = failing_squeue(tmp_path / "bin", hangs)
+    flag.touch()  # squeue fails (or hangs) from the start, for longer than the command's patience (15 s here)
     command = start({**slurm, "PATH": f"{wrappers}:{slurm['PATH']}"}, tmp_path / "sweep", *args,
                     "hydra.launcher.scheduler_patience_min=0.25")
     out = command.communicate(timeout=300)[0]
     assert command.returncode == 1 and "Traceback" not in out, out[-3000:]
-    assert out.count("SLURM does not answer (squeue ended with status 1: squeue: error: slurm_load_jobs error: "
-                     "Unable to contact slurm controller") == 1, out[-3000:]
+    assert out.count(f"SLURM does not answer ({said}") == 1, out[-3000:]
     last = out.strip().splitlines()[-1]
     assert "SLURM has not answered squeue for 0.25 minutes" in last and "run this command again" in last, last
     assert "no longer known" not in out and "without finishing" not in out

@@ -279,7 +279,7 @@ class SlurmLauncher(Launcher):
             while pending := [j for j in jobs if j.ret is None]:
                 if self._stop.is_set():  # Ctrl-C, taken by the main thread
                     raise KeyboardInterrupt
-                states, trouble = _states(j.slurm.job_id for j in pending)
+                states, trouble = _states((j.slurm.job_id for j in pending), timeout=min(60.0, patience))
                 if trouble and silent_since is None:
                     silent_since = time.monotonic()
                     log.warning("SLURM does not answer (%s): the jobs are left as they are, and squeue is asked "
@@ -428,14 +428,14 @@ def returned(ret: JobReturn) -> dict:
     return {"status": "completed", "value": value}
 
 
-def _states(ids) -> tuple[dict[str, tuple[str, str]], str | None]:
+def _states(ids, timeout: float = 60) -> tuple[dict[str, tuple[str, str]], str | None]:
     """job id -> (state, reason), as squeue has them (arrays expanded; a job it no longer knows is absent), and
-    what went wrong when squeue did not answer (then nothing is known: the dict is empty)."""
+    what went wrong when squeue did not answer within `timeout` s (then nothing is known: the dict is empty)."""
     arrays = sorted({i.split("_")[0] for i in ids})
     try:
-        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(arrays)], timeout=60)
+        out = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(arrays)], timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {}, "squeue gave no answer within 60 s"
+        return {}, f"squeue gave no answer within {timeout:g} s"
     except OSError as e:
         return {}, f"squeue: {e.strerror or e}"
     said = (out.stderr.strip().splitlines() or [""])[-1].strip()
