@@ -94,6 +94,17 @@ def test_a_member_that_diverges_fails_alone_and_the_others_go_on(fake_root, tmp_
     assert on_disk["status"] == "failed" and not (tmp_path / "diverges" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_member_whose_saved_state_is_of_another_config_is_refused_and_the_others_go_on(fake_root, tmp_path):
+    quiet = ["logger=none", "figures.enabled=false"]
+    train_pack([job(tmp_path, fake_root, "first", *quiet)[1]])
+    assert (tmp_path / "first" / "checkpoints" / "pack_state.ckpt").is_file()
+    changed, other = (job(tmp_path, fake_root, name, *quiet, "optimizer.momentum=0.9")[1]
+                      for name in ("first", "other"))
+    refused, fine = train_pack([changed, other])
+    assert refused["status"] == "failed" and "optimizer.momentum: 0.0 in the run, 0.9 now" in refused["error"]
+    assert fine["status"] == "completed"
+
+
 def test_jobs_that_differ_only_in_packable_values_share_a_pack(fake_root, tmp_path):
     def cfg(*overrides):
         return compose_cfg(*QUIET, f"data.root={fake_root}", *overrides)

@@ -15,18 +15,19 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import drawer
+from task1 import Task1Error, drawer
 from task1.core.build import build_all, build_system, save_config, set_threads_and_seed, summary_table
 from task1.core.callbacks import DivergedError, FiniteLoss, PredictionFigures
 from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
 from task1.core.hparams import log_final
 from task1.core.provenance import provenance
-from task1.core.runs import failure_metrics
+from task1.core.runs import config_changes, failure_metrics
 from task1.data.loader import TensorLoader
 from task1.io import write_json
 from task1.models.system import EpochSums
 from task1.optim.schedule import scheduler_steps, with_run_length
 from task1.pack import PACK_STATE
+from task1.sweeps.folders import REUSE_MAY_CHANGE
 
 log = logging.getLogger("task1")
 GPU_EVERY = FiniteLoss().gpu_every
@@ -84,6 +85,10 @@ class Member:
         from the seed and the epoch number, so the member ends exactly where an uninterrupted pack ends it."""
         checkpoint = load_checkpoint(path)
         check_compatible(path, checkpoint, self.system)
+        changes = config_changes(self.cfg, checkpoint["hyper_parameters"]["config"], REUSE_MAY_CHANGE)
+        if changes:
+            raise Task1Error(f"{path} was saved under another config than this job's (conf/ changed since?): "
+                             f"{changes}. Start the sweep in a new folder, or delete {self.out} to train it again.")
         self.system.load_state_dict(checkpoint["state_dict"])
         self.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
         if self.scheduler is not None:

@@ -22,14 +22,17 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.func import functional_call, vmap
 
-from task1 import drawer
+from task1 import Task1Error, drawer, first_line
+from task1.core.runs import failure_metrics
 from task1.data.loader import TensorLoader
+from task1.io import write_json
 from task1.pack.grouping import STACKS
 from task1.pack.member import Member
 
@@ -54,9 +57,14 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
     data.splits = {k: (X.to(device), y.to(device)) for k, (X, y) in data.splits.items()}
     if (first.get("figures") or {}).get("enabled"):
         drawer.start()
-    members = []
-    for cfg, chosen in zip(cfgs, choices or [None] * len(cfgs), strict=True):
-        members.append(Member(cfg, data, chosen, device))
+    members, refused = [], {}
+    for i, (cfg, chosen) in enumerate(zip(cfgs, choices or [None] * len(cfgs), strict=True)):
+        try:
+            members.append(Member(cfg, data, chosen, device))
+        except Exception as e:  # this job alone fails (a state it cannot go on from, a logger it cannot build)
+            refused[i] = _refused(cfg, e)
+    if not members:
+        return [refused[i] for i in range(len(cfgs))]
     shared = (time.perf_counter() - start - sum(m.seconds for m in members)) / len(members)
     for member in members:  # the data set, read once for all
         member.seconds += shared
@@ -81,7 +89,16 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
             member.fail(e)
             results.append(member.failure)
     drawer.settle()  # every member's figures on disk, as train() leaves a run's
-    return results
+    done = iter(results)
+    return [refused[i] if i in refused else next(done) for i in range(len(cfgs))]
+
+
+def _refused(cfg: DictConfig, error: Exception) -> dict:
+    """metrics.json of a job that could not join the pack, written; its error logged, as a failed job's is."""
+    metrics, _ = failure_metrics(error, [], cfg.get("seed"), Path(cfg.output_dir))
+    write_json(Path(cfg.output_dir) / "metrics.json", metrics)
+    log.error("%s: %s", cfg.output_dir, first_line(error), exc_info=not isinstance(error, Task1Error))
+    return metrics
 
 
 @contextlib.contextmanager
