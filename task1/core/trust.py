@@ -91,7 +91,7 @@ def _conf_names() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
     targets, resolvers, env = set(), set(), set()
     for path in (p for folder in (_conf(), *_plugins().values()) for p in folder.rglob("*.yaml")):
         text = path.read_text()
-        targets.update(t for t in re.findall(r"_target_:\s*([\w.]+)\s*$", text, re.M))
+        targets.update(re.findall(r"_target_:\s*([\w.]+)\s*(?:#.*)?$", text, re.M))  # a comment may follow
         resolvers.update(_RESOLVER.findall(text))
         env.update(v.strip() for v in _ENV.findall(text))
     return frozenset(targets), frozenset(resolvers) - {"oc.env"}, frozenset(env)
