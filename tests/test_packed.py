@@ -152,7 +152,7 @@ def sweep_args(root, sweep) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninterrupted_one_ends(tmp_path, sig):
     root = make_fashion_mnist(tmp_path / "data", n_train=12000, n_test=200)  # epochs long enough to kill one
     whole, killed = tmp_path / "whole", tmp_path / "killed"
