@@ -120,7 +120,8 @@ def test_allowlist_matches_whole_module_names(monkeypatch):
                  "task1.sweeps.report.SweepReport", "torch.optim.SGD", "torch.optim.lr_scheduler.OneCycleLR",
                  "lightning.pytorch.callbacks.EarlyStopping", "lightning.pytorch.loggers.CSVLogger",
                  "lightning.pytorch.Trainer", "lightning.pytorch.plugins.precision.MixedPrecision",
-                 "hydra_plugins.task1_optuna.sweeper.OptunaSweeper", "optuna.samplers.TPESampler"):
+                 "hydra_plugins.task1_optuna.sweeper.OptunaSweeper", "optuna.samplers.TPESampler",
+                 "lightning.pytorch.plugins.environments.SLURMEnvironment"):
         assert trust.allowed(name), name
     for name in ("task1evil.x", "torch.load", "torch.optim.swa_utils.AveragedModel", "numpy.load",
                  "site.addsitedir", "os.system", "io.BytesIO", "lightning.pytorch.callbacksevil.X", "mypkg.X",

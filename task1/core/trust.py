@@ -41,6 +41,8 @@ HOW = (f"If you trust its author, add trust=<module prefix> to the command, or s
 # building blocks, not its helpers (task1.io.write_atomic would write any file a config names)
 PREFIXES = ("task1.data", "task1.models", "task1.optim", "task1.core.callbacks", "lightning.pytorch.callbacks",
             "lightning.pytorch.loggers", "lightning.pytorch.plugins")
+# where a class reached through those prefixes may also be defined (lightning.pytorch.plugins re-exports these)
+HOMES = ("lightning.fabric.plugins",)
 # resolvers that read nothing outside the config; oc.env is checked apart (the variables conf/ reads)
 RESOLVERS = ("now", "hydra", "oc.select", "oc.dict.keys", "oc.dict.values")
 # the hydra.* keys a saved sweep's overrides may set (task1's own folders, its sweeper and launcher settings)
@@ -130,11 +132,11 @@ def allowed(target: str) -> bool:
     # modules under the prefixes are imported for this, and Hydra would import them to build it anyway.
     found = _lookup(target)
     home = getattr(found, "__name__" if inspect.ismodule(found) else "__module__", None)
-    return found is None or (isinstance(home, str) and _under(home))
+    return found is None or (isinstance(home, str) and _under(home, HOMES))
 
 
-def _under(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in (*PREFIXES, *_plugins(), *trusted_prefixes()))
+def _under(name: str, homes: tuple[str, ...] = ()) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in (*PREFIXES, *_plugins(), *trusted_prefixes(), *homes))
 
 
 def _lookup(target: str) -> Any:
