@@ -285,38 +285,62 @@ def _fit(cfg: DictConfig, callbacks: tuple[Callback, ...]) -> tuple[dict, System
     finally:
         ddp.restore()  # the next job in this process starts without this one's process group and environment
 
-    final = {k: v for k, v in (system.history[-1] if system.history else {}).items() if isinstance(v, float)}
-    final.update(system.last_metrics("test"))  # exact, not Lightning's float32 copies ({} when pruned)
+    final = final_metrics(system.history, system.last_metrics("test"))  # exact, not Lightning's float32 copies
     # a callback stopped the run (EarlyStopping), or a limit on steps or time: fewer epochs than max_epochs
     stopped_early = not pruned and len(system.history) < trainer.max_epochs
-    metrics = {"status": "pruned" if pruned else "completed", "seed": cfg.seed, "epochs": len(system.history),
-               "max_epochs": trainer.max_epochs, "stopped_early": stopped_early,
-               "wall_time_s": round(last.before + time.perf_counter() - start, 3), "threads": torch.get_num_threads(),
-               "final": final, "history": system.history, "loop": system.loop_record, "provenance": origin}
-    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters, against the true ones if known
-        w, b = system.net.get_w_b()
-        metrics.update(w=w.tolist(), b=float(b))
-        true_w, true_b = getattr(datamodule.data, "true_w", None), getattr(datamodule.data, "true_b", None)
-        if true_w is not None:  # synthetic data (data=arrays has no truth to compare with)
-            metrics.update(true_w=true_w, true_b=true_b, b_error=true_b - float(b),
-                           w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)])
-    if predictions:
-        metrics["per_class_acc"] = predictions.per_class_acc
+    metrics = run_metrics("pruned" if pruned else "completed", cfg.seed, system, trainer.max_epochs, stopped_early,
+                          last.before + time.perf_counter() - start, final, datamodule.data, predictions, origin)
     if pruned or stopped_early:
         log.info("%s after epoch %d of %d", "the search pruned this trial" if pruned else "stopped early",
                  len(system.history), trainer.max_epochs)
     if trainer.world_size > 1:  # every rank says what it ended with: they must agree (metrics are reduced)
         log.info("rank %d/%d final %s", trainer.global_rank, trainer.world_size, json.dumps(final, sort_keys=True))
     if trainer.is_global_zero:
-        write_json(out / "metrics.json", metrics)
-        if (cfg.get("figures") or {}).get("enabled"):
-            figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
-            drawer.draw("run_figures", (figures, out / "figures"))
-        log_final(trainer.loggers, system.hparams["config"], final, trainer.global_step, out / "figures")
-        log.info("final metrics (%s)\n%s", out, summary_table(final))
-        if "w_error" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error
-            shown = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"  # noqa: E731
-            log.info("w %s (true %s, error %s); b %.6g (true %.6g, error %.3g)", shown(metrics["w"]),
-                     shown(metrics["true_w"]), shown(metrics["w_error"]), metrics["b"], metrics["true_b"],
-                     metrics["b_error"])
+        report_run(out, system.hparams["config"], metrics, trainer.loggers, trainer.global_step)
     return metrics, system
+
+
+def final_metrics(history: list[dict], test: dict[str, float]) -> dict[str, float]:
+    """A run's final metrics: its last epoch's (train, val), then the `test` split's."""
+    final = {k: v for k, v in (history[-1] if history else {}).items() if isinstance(v, float)}
+    final.update(test)
+    return final
+
+
+def run_metrics(status: str, seed: int | None, system: System, max_epochs: int, stopped_early: bool, seconds: float,
+                final: dict, data, predictions: PredictionFigures | None, origin: dict) -> dict:
+    """metrics.json of a run that trained to its end (`status` completed, or pruned), with `system.history`; a
+    packed member's is built here too (task1.pack.member: DESIGN.md rule 21). `data` is the data set (its
+    `true_w`, `true_b` where synthetic), `origin` the run's provenance."""
+    history = system.history
+    metrics = {"status": status, "seed": seed, "epochs": len(history), "max_epochs": max_epochs,
+               "stopped_early": stopped_early, "wall_time_s": round(seconds, 3), "threads": torch.get_num_threads(),
+               "final": final, "history": history, "loop": system.loop_record, "provenance": origin}
+    if hasattr(system.net, "get_w_b"):  # linear regression: the learned parameters, against the true ones if known
+        w, b = system.net.get_w_b()
+        metrics.update(w=w.tolist(), b=float(b))
+        true_w, true_b = getattr(data, "true_w", None), getattr(data, "true_b", None)
+        if true_w is not None:  # synthetic data (data=arrays has no truth to compare with)
+            metrics.update(true_w=true_w, true_b=true_b, b_error=true_b - float(b),
+                           w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)])
+    if predictions:
+        metrics["per_class_acc"] = predictions.per_class_acc
+    return metrics
+
+
+def report_run(out: Path, config: dict, metrics: dict, loggers: list, global_step: int,
+               logger: logging.Logger = log) -> None:
+    """What a run that trained to its end writes beside its checkpoints: `metrics.json`, its figures, the
+    loggers' final record (task1.core.hparams), and its final lines in the log. `config` is the run's resolved
+    config (as its checkpoints keep it)."""
+    write_json(out / "metrics.json", metrics)
+    if (config.get("figures") or {}).get("enabled"):
+        figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
+        drawer.draw("run_figures", (figures, out / "figures"))
+    log_final(loggers, config, metrics["final"], global_step, out / "figures")
+    logger.info("final metrics (%s)\n%s", out, summary_table(metrics["final"]))
+    if "w_error" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error
+        shown = lambda v: "[" + ", ".join(f"{x:.6g}" for x in v) + "]"  # noqa: E731
+        logger.info("w %s (true %s, error %s); b %.6g (true %.6g, error %.3g)", shown(metrics["w"]),
+                    shown(metrics["true_w"]), shown(metrics["w_error"]), metrics["b"], metrics["true_b"],
+                    metrics["b_error"])

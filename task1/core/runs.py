@@ -188,11 +188,15 @@ def failure_metrics(error: BaseException, history: list, seed: int | None,
         status, reason, replacement = "failed", str(full), full
     else:
         status, reason = "failed", f"{type(error).__name__}: {error}"
-    metrics = {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {},
-               "history": history}
+    metrics = stopped_metrics(status, reason, seed, history)
     if seed is not None and type(error).__name__ == "DivergedError":
         metrics["repeats"] = True  # seeded, it diverges again at the same step: a sweep does not retrain it
     return metrics, replacement
+
+
+def stopped_metrics(status: str, reason: str, seed: int | None, history: list) -> dict:
+    """metrics.json of a run that stopped before its end (failed, interrupted): why, and its epochs so far."""
+    return {"status": status, "error": reason, "seed": seed, "epochs": len(history), "final": {}, "history": history}
 
 
 def record_failure(cfg: DictConfig, error: Exception, seconds: float, rank: int = 0) -> None:

@@ -59,6 +59,50 @@ class EpochSums:
         return torch.stack([self._loss.float(), self._correct.float(), self._loss.new_tensor(float(self._n))])
 
 
+def add_batch(sums: dict[str, EpochSums], stage: str, loss: torch.Tensor, y_hat: torch.Tensor, y: torch.Tensor,
+              reduction: str, classify: bool) -> None:
+    """A batch's `loss` (reduced by `reduction`) and logits `y_hat` into the `stage` sums of an epoch."""
+    n = len(y)
+    split = sums.get(stage) or sums.setdefault(stage, EpochSums())
+    split.add(loss, n if reduction == "mean" else 1, n, y_hat if classify else None, y)
+
+
+def split_metrics(total: list[float], stage: str, classify: bool) -> dict[str, float]:
+    """A split's epoch means from its sums (`EpochSums.total()`, over every process): loss, and accuracy."""
+    loss_sum, correct, n = total
+    metrics = {f"{stage}/loss": loss_sum / n}
+    if classify:
+        metrics[f"{stage}/acc"] = correct / n
+    return metrics
+
+
+def start_point(net: nn.Module) -> dict:
+    """Where a fresh run of a linear regression starts (the figure's epoch 0); {} for the other nets."""
+    if not hasattr(net, "get_w_b"):
+        return {}
+    w, b = net.get_w_b()
+    return {"w_start": w.tolist(), "b_start": b.reshape(-1).tolist()}
+
+
+def epoch_record(epoch: int, train: dict, val: dict, net: nn.Module, history: list[dict], start: dict) -> dict:
+    """A finished epoch's entry of the history (epochs count from 1): its train and val metrics, and for a linear
+    regression its weights; the first entry keeps where the run `start`ed too."""
+    record = {"epoch": epoch, **train, **val}
+    if hasattr(net, "get_w_b"):
+        w, b = net.get_w_b()
+        record.update(w=w.tolist(), b=b.reshape(-1).tolist())
+        if not history:
+            record.update(start)
+    return record
+
+
+def epoch_line(record: dict) -> str:
+    """An epoch's metrics for its log line: accuracies as fractions, the rest in significant digits (a
+    regression's loss of 9.5e-05 is no 0.0001)."""
+    return "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
+                     if isinstance(v, float))
+
+
 class System(QuietHooks, L.LightningModule):
     """Trains `net` on `loss` with an optimizer and an optional learning-rate scheduler.
 
@@ -115,19 +159,15 @@ class System(QuietHooks, L.LightningModule):
         X, y = batch
         y_hat = self.net(X)
         loss = self.loss(y_hat, y, reduction=self.loss_reduction)
-        n = len(y)
-        sums = self._sums.get(stage) or self._sums.setdefault(stage, EpochSums())
-        sums.add(loss, n if self.loss_reduction == "mean" else 1, n, y_hat if self.classify else None, y)
+        add_batch(self._sums, stage, loss, y_hat, y, self.loss_reduction, self.classify)
         return loss
 
     def _epoch_metrics(self, stage: str) -> dict[str, float]:
         sums = self._sums.pop(stage, None)
         if sums is None:
             return {}
-        loss_sum, correct, n = self.trainer.strategy.reduce(sums.total(), reduce_op="sum").tolist()
-        metrics = {f"{stage}/loss": loss_sum / n}
-        if self.classify:
-            metrics[f"{stage}/acc"] = correct / n
+        total = self.trainer.strategy.reduce(sums.total(), reduce_op="sum").tolist()
+        metrics = split_metrics(total, stage, self.classify)
         self._last[stage] = metrics
         return metrics
 
@@ -197,9 +237,8 @@ class System(QuietHooks, L.LightningModule):
         self._sums.pop("train", None)
         self._epoch_start = time.perf_counter()
         self._epoch_lr = self._lr()  # epoch-interval schedulers step before on_train_epoch_end: keep this one
-        if not self.history and hasattr(self.net, "get_w_b"):  # where a fresh run starts: the figure's epoch 0
-            w, b = self.net.get_w_b()
-            self._start = {"w_start": w.tolist(), "b_start": b.reshape(-1).tolist()}
+        if not self.history:
+            self._start = start_point(self.net)
 
     def on_validation_epoch_start(self) -> None:
         self._sums.pop("val", None)
@@ -218,19 +257,13 @@ class System(QuietHooks, L.LightningModule):
     def on_train_epoch_end(self) -> None:
         metrics = {**self._epoch_metrics("train"), "train/lr": self._epoch_lr}
         self.log_dict(metrics)
-        record = {"epoch": self.current_epoch + 1, **metrics, **self._last.pop("val", {})}  # epochs count from 1
-        if hasattr(self.net, "get_w_b"):
-            w, b = self.net.get_w_b()
-            record.update(w=w.tolist(), b=b.reshape(-1).tolist())
-            if not self.history:  # the first epoch keeps where the run started too
-                record.update(self._start)
+        record = epoch_record(self.current_epoch + 1, metrics, self._last.pop("val", {}), self.net, self.history,
+                              getattr(self, "_start", {}))
         self.history.append(record)
         if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
-            # accuracies as fractions, the rest in significant digits: a regression's loss of 9.5e-05 is no 0.0001
-            shown = "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
-                              if isinstance(v, float))
             seconds = time.perf_counter() - self._epoch_start
-            log.info(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}  {shown}  ({seconds:.1f} s)")
+            log.info(f"epoch {self.current_epoch + 1}/{self.trainer.max_epochs}  {epoch_line(record)}  "
+                     f"({seconds:.1f} s)")
 
     def _lr(self) -> float:
         return float(self.trainer.optimizers[0].param_groups[0]["lr"])

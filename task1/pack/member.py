@@ -15,16 +15,23 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from task1 import Task1Error, drawer
-from task1.core.build import build_all, build_system, save_config, set_threads_and_seed, summary_table
+from task1 import Task1Error
+from task1.core.build import (
+    build_all,
+    build_system,
+    final_metrics,
+    report_run,
+    run_metrics,
+    save_config,
+    set_threads_and_seed,
+)
 from task1.core.callbacks import DivergedError, FiniteLoss, PredictionFigures
 from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
-from task1.core.hparams import log_final
 from task1.core.provenance import provenance
-from task1.core.runs import config_changes, failure_metrics
+from task1.core.runs import config_changes, failure_metrics, stopped_metrics
 from task1.data.loader import TensorLoader
 from task1.io import write_json
-from task1.models.system import EpochSums
+from task1.models.system import EpochSums, add_batch, epoch_line, epoch_record, split_metrics, start_point
 from task1.optim.schedule import scheduler_steps, with_run_length
 from task1.pack import PACK_STATE
 from task1.sweeps.folders import REUSE_MAY_CHANGE
@@ -56,7 +63,6 @@ class Member:
             self.scheduler = with_run_length(system.scheduler_fn, steps)(self.optimizer)
         self.loggers = build_all("logger", cfg.get("logger"))
         self.log_every = int(cfg.trainer.get("log_every_n_steps") or 0)
-        self.history: list[dict] = []
         self.sums: dict[str, EpochSums] = {}
         self.global_step, self.epoch_lr = 0, self.lr()
         self.monitor, self.mode = system.monitor
@@ -93,10 +99,15 @@ class Member:
         self.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
-        self.history, self.global_step = checkpoint["history"], checkpoint["global_step"]
+        self.system.history, self.global_step = checkpoint["history"], checkpoint["global_step"]
         self.epochs_done, self.best = checkpoint["packed"]["epochs_done"], checkpoint["packed"]["best"]
         self.seconds = checkpoint["packed"].get("seconds", 0.0)  # a resumed run's time goes on from its record
         self.log.info("%s: resuming after epoch %d (%s)", self.out, self.epochs_done, path)
+
+    @property
+    def history(self) -> list[dict]:
+        """The epochs' records, kept where System keeps the job alone's (what run_metrics reads)."""
+        return self.system.history
 
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -106,16 +117,13 @@ class Member:
     def start_epoch(self, epoch: int) -> None:
         self.current_epoch = epoch
         self.loader.set_epoch(epoch)
-        if not self.history and hasattr(self.net, "get_w_b"):  # where a fresh run starts: the figure's epoch 0
-            w, b = self.net.get_w_b()
-            self.start_w_b = {"w_start": w.tolist(), "b_start": b.reshape(-1).tolist()}
+        if not self.history:
+            self.start_w_b = start_point(self.net)
         self.sums["train"], self.epoch_lr = EpochSums(), self.lr()
 
     def add(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         """A batch's loss and logits into the `stage` sums (System._step's bookkeeping)."""
-        n = len(y)
-        sums = self.sums.get(stage) or self.sums.setdefault(stage, EpochSums())
-        sums.add(loss, n if self.reduction == "mean" else 1, n, logits if self.classify else None, y)
+        add_batch(self.sums, stage, loss, logits, y, self.reduction, self.classify)
 
     def after_step(self, loss: torch.Tensor, batch_idx: int, n: int, epoch: int) -> None:
         """After the optimizer step: a NaN check (FiniteLoss), the step's log line, a per-step scheduler."""
@@ -134,11 +142,7 @@ class Member:
             self.scheduler.step()
 
     def epoch_metrics(self, stage: str) -> dict[str, float]:
-        loss_sum, correct, n = self.sums.pop(stage).total().tolist()
-        metrics = {f"{stage}/loss": loss_sum / n}
-        if self.classify:
-            metrics[f"{stage}/acc"] = correct / n
-        return metrics
+        return split_metrics(self.sums.pop(stage).total().tolist(), stage, self.classify)
 
     def end_epoch(self, epoch: int, val: dict[str, float]) -> None:
         """The epoch's record with its `val` metrics (System.on_train_epoch_end), its log line, the loggers, the
@@ -146,18 +150,11 @@ class Member:
         if self.scheduler is not None and self.interval == "epoch" and (epoch + 1) % self.frequency == 0:
             self.scheduler.step()
         train = {**self.epoch_metrics("train"), "train/lr": self.epoch_lr}
-        record = {"epoch": epoch + 1, **train, **val}
-        if hasattr(self.net, "get_w_b"):
-            w, b = self.net.get_w_b()
-            record.update(w=w.tolist(), b=b.reshape(-1).tolist())
-            if not self.history:  # the first epoch keeps where the run started too
-                record.update(self.start_w_b)
+        record = epoch_record(epoch + 1, train, val, self.net, self.history, getattr(self, "start_w_b", {}))
         self.history.append(record)
         for logger in self.loggers:
             logger.log_metrics({**train, **val, "epoch": epoch}, step=self.global_step)
-        shown = "  ".join(f"{k} {v:.4f}" if k.endswith("/acc") else f"{k} {v:.4g}" for k, v in record.items()
-                          if isinstance(v, float))
-        self.log.info("%s: epoch %d/%d  %s", self.out.name, epoch + 1, self.max_epochs, shown)
+        self.log.info("%s: epoch %d/%d  %s", self.out.name, epoch + 1, self.max_epochs, epoch_line(record))
         value = val.get(self.monitor)
         if value is not None and (self.best is None or
                                   (value > self.best if self.mode == "max" else value < self.best)):
@@ -192,42 +189,24 @@ class Member:
         """The pack was stopped (a signal, Ctrl-C): metrics.json says where the member will go on from."""
         kept = (f"checkpoints/{PACK_STATE} holds its state after epoch {self.epochs_done}" if self.epochs_done
                 else "no epoch had ended")
-        write_json(self.out / "metrics.json", {
-            "status": "interrupted", "seed": self.cfg.seed, "epochs": len(self.history), "final": {},
-            "history": self.history, "wall_time_s": round(self.seconds, 3),
-            "error": f"Stopped by a signal during epoch {self.epochs_done + 1} of a packed run ({kept}). Continue "
-                     f"with the same sweep command: the pack goes on from there."})
+        reason = (f"Stopped by a signal during epoch {self.epochs_done + 1} of a packed run ({kept}). Continue with "
+                  f"the same sweep command: the pack goes on from there.")
+        write_json(self.out / "metrics.json", {**stopped_metrics("interrupted", reason, self.cfg.seed, self.history),
+                                               "wall_time_s": round(self.seconds, 3)})
         self.close_log()
 
     def finish(self, test: dict[str, float]) -> dict:
-        """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes."""
-        final = {k: v for k, v in (self.history[-1] if self.history else {}).items() if isinstance(v, float)}
-        final.update(test)
-        metrics = {"status": "completed", "seed": self.cfg.seed, "epochs": len(self.history),
-                   "max_epochs": self.max_epochs, "stopped_early": False,
-                   "wall_time_s": round(self.seconds, 3), "threads": torch.get_num_threads(),
-                   "final": final, "history": self.history, "provenance": self.origin}
-        if hasattr(self.system, "loop_record"):  # which loop trained (the pack's is the automatic one written out)
-            metrics["loop"] = self.system.loop_record
-        if self.predictions is not None:
-            metrics["per_class_acc"] = self.predictions.per_class_acc
-        if hasattr(self.net, "get_w_b"):
-            w, b = self.net.get_w_b()
-            true_w, true_b = self.data.true_w, self.data.true_b
-            metrics.update(w=w.tolist(), b=float(b), true_w=true_w, true_b=true_b, b_error=true_b - float(b),
-                           w_error=[t - v for t, v in zip(true_w, w.tolist(), strict=True)])
+        """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes, built and written
+        by the same functions (its loop is the automatic one written out; the pack stops no member early)."""
+        metrics = run_metrics("completed", self.cfg.seed, self.system, self.max_epochs, False, self.seconds,
+                              final_metrics(self.history, test), self.data, self.predictions, self.origin)
         # last.ckpt only now: Lightning would resume a run from it (resume=, a sweep started again), and it cannot
         # go on from the pack's state; a finished run is never resumed
         self.save("last.ckpt", len(self.history) - 1)
-        write_json(self.out / "metrics.json", metrics)
-        if (self.cfg.get("figures") or {}).get("enabled"):
-            figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
-            drawer.draw("run_figures", (figures, self.out / "figures"))
-        with _Choices(self.choices):
-            log_final(self.loggers, self.system.hparams["config"], final, self.global_step, self.out / "figures")
+        with _Choices(self.choices):  # the job's choices, where log_final reads them
+            report_run(self.out, self.system.hparams["config"], metrics, self.loggers, self.global_step, self.log)
         for logger in self.loggers:
             logger.finalize("success")
-        self.log.info("final metrics (%s)\n%s", self.out, summary_table(final))
         self.close_log()
         return metrics
 
@@ -248,27 +227,18 @@ class _TrainerView:
 
     is_global_zero, sanity_checking = True, False
 
+    FROM_MEMBER = ("loggers", "global_step", "current_epoch", "max_epochs")
+
     def __init__(self, member: Member):
         self.member, self.strategy = member, self
 
     def reduce(self, tensor: torch.Tensor, reduce_op: str = "sum") -> torch.Tensor:
         return tensor  # one process
 
-    @property
-    def loggers(self) -> list:
-        return self.member.loggers
-
-    @property
-    def global_step(self) -> int:
-        return self.member.global_step
-
-    @property
-    def current_epoch(self) -> int:
-        return self.member.current_epoch
-
-    @property
-    def max_epochs(self) -> int:
-        return self.member.max_epochs
+    def __getattr__(self, name: str):
+        if name in self.FROM_MEMBER:  # read when asked: they change as the member trains
+            return getattr(self.member, name)
+        raise AttributeError(name)
 
 
 class _Choices:
