@@ -23,7 +23,7 @@ dir=${TASK1_CLUSTER_DIR:-/tmp/task1-cluster}
 conf=$dir/slurm.conf
 export SLURM_CONF=$conf
 NODES=(n1 n2)
-HOSTS_LINE="127.0.0.1 ${NODES[*]}  # task1 test cluster (scripts/cluster.sh)"
+HOSTS_LINE="127.0.0.1 ${NODES[*]}  # task1 test cluster in $dir (scripts/cluster.sh)"
 
 say() { echo "cluster: $*" >&2; }
 munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
@@ -171,6 +171,7 @@ all_up() { alive slurmctld && alive slurmd-n1 && alive slurmd-n2; }
 start() {
   install
   if all_up && sinfo -h >/dev/null 2>&1; then
+    [ "$(id -u)" != 0 ] || name_nodes
     if [ "$(grep -c accounting_storage/slurmdbd "$conf")" = "$accounting" ]; then say "already running ($conf)"; return; fi
     say "already running, $([ "$accounting" = 1 ] && echo without || echo with) accounting: stop it first"; exit 1
   fi

@@ -284,8 +284,10 @@ def test_preemption_and_requeue_mid_epoch_resume_exactly(slurm, long_jobs, tmp_p
 def test_a_scheduler_that_does_not_answer_is_asked_again_then_given_up_on_in_one_line(slurm, long_jobs, tmp_path,
                                                                                       hangs, said):
     args, uninterrupted = long_jobs
+    # the jobs wait 45 s before they start: longer than the command's patience (15 s here) on any machine
+    args = [*args, "+hydra.launcher.additional_parameters={begin:now+45}"]
     wrappers, flag = failing_squeue(tmp_path / "bin", hangs)
-    flag.touch()  # squeue fails (or hangs) from the start, for longer than the command's patience (15 s here)
+    flag.touch()  # squeue fails (or hangs) from the start, for longer than the command's patience
     command = start({**slurm, "PATH": f"{wrappers}:{slurm['PATH']}"}, tmp_path / "sweep", *args,
                     "hydra.launcher.scheduler_patience_min=0.25")
     out = command.communicate(timeout=300)[0]
@@ -294,13 +296,15 @@ def test_a_scheduler_that_does_not_answer_is_asked_again_then_given_up_on_in_one
     last = out.strip().splitlines()[-1]
     assert "SLURM has not answered squeue for 0.25 minutes" in last and "run this command again" in last, last
     assert "no longer known" not in out and "without finishing" not in out
-    # the jobs were left as they are (running in SLURM), and no folder says "interrupted"
-    wait_for(lambda: running_jobs(slurm, tmp_path / "sweep"))
+    # the jobs were left as they are (waiting in SLURM), and no folder says "interrupted"
+    array = out.split("squeue -j ")[1].split(";")[0]
+    assert len(squeue(slurm, "-j", array, "-t", "pending", "-o", "%i")) == 2
     assert not any('"interrupted"' in p.read_text() for p in (tmp_path / "sweep").glob("*/metrics.json"))
-    # the scheduler back, the same command collects them
+    # the scheduler back, the same command follows the jobs still waiting (it submits nothing) and collects them
     again = sweep(slurm, tmp_path / "sweep", *args)
     out = again.stdout + again.stderr
-    assert again.returncode == 0 and "of an earlier start" in out and "submitting" not in out, out[-3000:]
+    assert again.returncode == 0 and f"waiting for 2 SLURM jobs of an earlier start: {array}_" in out, out[-3000:]
+    assert "submitting" not in out
     assert finals(tmp_path / "sweep") == uninterrupted
 
 
@@ -430,6 +434,7 @@ def test_the_cluster_script_refuses_a_folder_others_can_write_and_kills_only_its
         return subprocess.run([script, "stop"], env={**os.environ, "TASK1_CLUSTER_DIR": str(folder)},
                               capture_output=True, text=True, timeout=60)
 
+    hosts = Path("/etc/hosts").read_text()  # (the running cluster's node names there are not these folders')
     try:
         writable, link = tmp_path / "writable", tmp_path / "link"
         writable.mkdir()
@@ -451,6 +456,7 @@ def test_the_cluster_script_refuses_a_folder_others_can_write_and_kills_only_its
         out = stop(own)
         assert out.returncode == 0 and "slurmctld.pid names no live slurmctld (left alone)" in out.stderr, out.stderr
         assert bystander.poll() is None, "the cluster script killed a process that was not its daemon"
+        assert Path("/etc/hosts").read_text() == hosts
     finally:
         bystander.kill()
         bystander.wait()
