@@ -137,6 +137,7 @@ class System(QuietHooks, L.LightningModule):
         self.history: list[dict] = []  # one dict of metrics per finished epoch
         self._sums: dict[str, EpochSums] = {}
         self._last: dict[str, dict] = {}
+        self._start: dict = {}  # where a fresh linear regression starts (start_point)
 
     @property
     def classify(self) -> bool:
@@ -258,7 +259,7 @@ class System(QuietHooks, L.LightningModule):
         metrics = {**self._epoch_metrics("train"), "train/lr": self._epoch_lr}
         self.log_dict(metrics)
         record = epoch_record(self.current_epoch + 1, metrics, self._last.pop("val", {}), self.net, self.history,
-                              getattr(self, "_start", {}))
+                              self._start)
         self.history.append(record)
         if self.trainer.is_global_zero:  # one line per epoch, in place of a progress bar
             seconds = time.perf_counter() - self._epoch_start

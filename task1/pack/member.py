@@ -64,6 +64,7 @@ class Member:
         self.loggers = build_all("logger", cfg.get("logger"))
         self.log_every = int(cfg.trainer.get("log_every_n_steps") or 0)
         self.sums: dict[str, EpochSums] = {}
+        self.start_w_b: dict = {}  # where a fresh linear member starts (system.start_point)
         self.global_step, self.epoch_lr = 0, self.lr()
         self.monitor, self.mode = system.monitor
         self.best: float | None = None
@@ -150,7 +151,7 @@ class Member:
         if self.scheduler is not None and self.interval == "epoch" and (epoch + 1) % self.frequency == 0:
             self.scheduler.step()
         train = {**self.epoch_metrics("train"), "train/lr": self.epoch_lr}
-        record = epoch_record(epoch + 1, train, val, self.net, self.history, getattr(self, "start_w_b", {}))
+        record = epoch_record(epoch + 1, train, val, self.net, self.history, self.start_w_b)
         self.history.append(record)
         for logger in self.loggers:
             logger.log_metrics({**train, **val, "epoch": epoch}, step=self.global_step)
