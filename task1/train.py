@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from task1 import Task1Error, cli, drawer, typed
 from task1.core.runs import run_dir
-from task1.io import FolderInUseError, hold
+from task1.io import FolderInUseError
 from task1.sweeps import context, folders
 
 log = logging.getLogger("task1")
@@ -62,8 +62,9 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def _holding(cfg: DictConfig) -> contextlib.AbstractContextManager:
-    """The run's folder held for the block; a rank other than 0 holds nothing (it follows rank 0's folder)."""
-    return contextlib.nullcontext() if folders.other_rank() else hold(run_dir(cfg))
+    """The run's folder held for the block (a sweep's job: from its resolution on, see folders.holding); a rank
+    other than 0 holds nothing (it follows rank 0's folder)."""
+    return contextlib.nullcontext() if folders.other_rank() else folders.holding(run_dir(cfg))
 
 
 def forget_if_never_started(out: Path) -> None:

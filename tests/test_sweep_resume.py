@@ -285,24 +285,30 @@ def test_a_run_into_a_folder_another_process_holds_stops_before_it_trains(fake_r
 
 
 @pytest.mark.slow
-def test_a_sweep_started_again_leaves_a_job_that_another_process_runs_to_it(args, tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_a_sweep_started_again_leaves_a_job_that_another_process_runs_to_it(args, tmp_path, launcher):
     # e.g. a SLURM job of the first start still running when the submitting command is started again
     sweep = tmp_path / "sweep"
-    command = [*args, "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={sweep}"]
+    command = [*args, "optimizer.lr=0.1,0.2", f"hydra.sweep.dir={sweep}", *LAUNCHERS[launcher]]
     multirun(*command)
+    result = (sweep / "0" / "metrics.json").read_bytes()
     (sweep / "0" / "metrics.json").unlink()  # job 0 as it is while it still trains
-    files = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file() and p.name not in ("train.log",
-                                                                                                   ".lock")}
     with held(sweep / "0") as pid:
-        multirun(*command)
-        assert f"{sweep / '0'} is in use by process {pid} on " in (sweep / "0" / "train.log").read_text()
-        assert {p: p.read_bytes() for p in files} == files and not (sweep / "0" / "metrics.json").exists()
+        files = {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()}
+        again = run_cli("--multirun", *command)
+        out = again.stdout + again.stderr
+        assert again.returncode == 0 and "Traceback" not in out, out[-4000:]
+        # nothing in the held folder changed: .hydra/*, train.log, checkpoints, .lock, byte for byte; no metrics
+        assert {p: p.read_bytes() for p in (sweep / "0").rglob("*") if p.is_file()} == files
+        assert out.count(f"{sweep / '0'} is in use by process {pid} on ") == 1, out[-4000:]
         assert "reused, completed" in (sweep / "1" / "train.log").read_text()
         rows = [r.split(",")[:2] for r in (sweep / "summary.csv").read_text().splitlines()[1:]]
         assert rows == [["0", "incomplete"], ["1", "completed"]]
+        (sweep / "0" / "metrics.json").write_bytes(result)  # the holder finishes its job
 
-    multirun(*command)  # the holder has ended: its job goes on from its checkpoint now
-    assert [json.loads((sweep / j / "metrics.json").read_text())["status"] for j in "01"] == ["completed"] * 2
+    multirun(*command)  # the holder has ended: its result is reused
+    assert (sweep / "0" / "metrics.json").read_bytes() == result
+    assert "reused, completed in an earlier start" in (sweep / "0" / "train.log").read_text()
 
 
 def test_a_folder_on_a_file_system_without_locks_is_used_with_a_warning(tmp_path, monkeypatch, caplog):

@@ -90,15 +90,20 @@ class Job:
         self.task_function, self.stop_file = task_function, stop_file
 
     def __call__(self, cfg: DictConfig) -> Any:
-        if os.path.exists(self.stop_file):
-            return None  # the command stopped before this job began: record_stop says so in its folder
-        signal.signal(signal.SIGINT, _once)
+        from task1.core.runs import run_dir
+        from task1.sweeps import folders
+
         try:
-            return self.task_function(cfg)
-        except KeyboardInterrupt:  # before the job's training took it: its folder says where it stands
-            return None
+            if os.path.exists(self.stop_file):
+                return None  # the command stopped before this job began: record_stop says so in its folder
+            signal.signal(signal.SIGINT, _once)
+            try:
+                return self.task_function(cfg)
+            except KeyboardInterrupt:  # before the job's training took it: its folder says where it stands
+                return None
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker between jobs is no job to stop
+            folders.release(run_dir(cfg))  # a job that did not get to its folder's hold lets it go (record_stop)
 
 
 def _once(signum: int, frame: Any) -> None:

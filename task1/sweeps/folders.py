@@ -11,25 +11,35 @@ checkpoint. Folders are claimed under a lock (`<sweep>/.claims.lock`), and only 
 the other ranks of a multi-task SLURM job find the folder and follow the decision rank 0 wrote into it. A trial of
 task1's Optuna search is a new job each time: trial N is job N, in folder N.
 
+Nothing touches a folder that another process holds (the job's own process of an earlier start, still running).
+The process that runs a job takes its folder's hold when it resolves it, before Hydra writes `.hydra/` and opens
+`train.log` there, and keeps it until the job ends (`holding`); where another process holds it, the resolver gives
+Hydra a scratch folder outside the sweep instead, and the job, in one line, leaves the folder to that process. A
+launcher that only looks a job's folder up (to submit the job elsewhere) takes no hold (`_runs_here`).
+
 The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): task1.train,
 whose task function every such process unpickles, registers it when it is imported (`register_resolver`).
 """
 
+import contextlib
 import itertools
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from task1 import Task1Error, first_line
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
-from task1.io import held, locked, read_json, write_json  # held: task1.io's, the one lock test
+from task1.core.trust import read_saved_yaml
+from task1.io import FolderInUseError, held, hold, locked, read_json, write_json  # held: the one lock test
 from task1.results import read_run
 from task1.sweeps.context import is_search
 
@@ -37,6 +47,10 @@ log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
 # a completed job is reused only if it trained what this job would: a longer run is another result
 REUSE_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k != "trainer.max_epochs")
+# the folders of the jobs this process runs, held from their resolution until the job ends (see `holding`)
+_holds: dict[Path, contextlib.ExitStack] = {}
+# a job whose folder another process held at its resolution: folder -> (the scratch folder Hydra got, why)
+_in_use: dict[Path, tuple[Path, str]] = {}
 
 
 def saved_overrides(folder: Path) -> list[str] | None:
@@ -65,10 +79,11 @@ def _find(sweep: Path, wanted: list[str]) -> tuple[str | None, list[int]]:
     return None, numbers
 
 
-def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600) -> str:
+def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600, hold_it: bool = False) -> str:
     """The folder, relative to `sweep`, of the job with these `overrides` (see the module's docstring).
 
-    A rank other than 0 never claims: it waits (up to `wait_s`) for the folder its rank 0 claims."""
+    A rank other than 0 never claims: it waits (up to `wait_s`) for the folder its rank 0 claims. With `hold_it`
+    (the process that runs the job), rank 0 holds the folder from here on (`_hold`)."""
     wanted = sorted(overrides)  # the same command typed in another order is the same job
     if other_rank():
         deadline = time.monotonic() + wait_s
@@ -80,7 +95,68 @@ def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600)
         return found
     with locked(sweep / ".claims.lock"):  # one claim at a time: two jobs never take one number or one job two
         found, numbers = _find(sweep, wanted)
-        return found if found is not None else _claim(sweep, num, overrides, numbers)
+        name = found if found is not None else _claim(sweep, num, overrides, numbers)
+    return _hold(sweep / name) if hold_it else name
+
+
+def _hold(folder: Path) -> str:
+    """`folder`, held by this process until its job ends; where another process holds it, a new scratch folder
+    (an absolute path: Hydra joins it to the sweep's folder as itself), so that Hydra writes nothing into it."""
+    folder = Path(os.path.abspath(folder))
+    if folder in _holds:  # resolved again during its own job
+        return str(folder)
+    if folder in _in_use:
+        return str(_in_use[folder][0])
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(hold(folder))
+    except FolderInUseError as e:
+        scratch = Path(tempfile.mkdtemp(prefix=f"task1-job-in-use-{folder.name}-"))
+        _in_use[folder] = (scratch, str(e))
+        return str(scratch)
+    _holds[folder] = stack
+    return str(folder)
+
+
+def holding(out: Path) -> contextlib.AbstractContextManager:
+    """The folder `out` of a job (or of a single run) held for the block: the hold its resolution took, else one
+    taken now. A job whose folder another process held at its resolution (`out` is its scratch folder) gets
+    that FolderInUseError."""
+    out = Path(os.path.abspath(out))
+    why = _drop_scratch(out)
+    if why is not None:
+        raise FolderInUseError(why)
+    return _holds.pop(out, None) or hold(out)
+
+
+def release(out: Path) -> None:
+    """What the resolution of a job that does not run took (its folder's hold, or its scratch folder), let go."""
+    out = Path(os.path.abspath(out))
+    _drop_scratch(out)
+    with _holds.pop(out, contextlib.nullcontext()):
+        pass
+
+
+def _drop_scratch(out: Path) -> str | None:
+    """Why the job whose scratch folder is `out` does not run (None: `out` is no scratch folder); the scratch
+    folder, where Hydra wrote .hydra/ and train.log, is removed."""
+    for folder, (scratch, why) in list(_in_use.items()):
+        if scratch == out:
+            del _in_use[folder]
+            shutil.rmtree(scratch, ignore_errors=True)
+            return why
+    return None
+
+
+def _runs_here(num: int, overrides: list[str]) -> bool:
+    """Whether this process resolves the folder to run the job: Hydra's run_job (in every launcher) makes the
+    job's config the current one first, then writes .hydra/ and train.log. A launcher that looks the folder up
+    to submit the job elsewhere (task1's SLURM and packed launchers) has its own sweep's config current."""
+    if not HydraConfig.initialized():
+        return False
+    current = HydraConfig.get()
+    return (OmegaConf.select(current, "job.num", default=None) == num
+            and OmegaConf.to_container(current.overrides.task) == overrides)
 
 
 def _claim(sweep: Path, num: int, overrides: list[str], numbers: list[int]) -> str:
@@ -104,7 +180,7 @@ def _resolve_job_folder(*, _root_: DictConfig) -> str:
     if is_search(_root_.hydra):  # an Optuna search's trial N is job N, a new job each: its folder is N
         return str(num)
     overrides = OmegaConf.to_container(_root_.hydra.overrides.task)
-    return job_folder(Path(str(_root_.hydra.sweep.dir)), int(num), overrides)
+    return job_folder(Path(str(_root_.hydra.sweep.dir)), int(num), overrides, hold_it=_runs_here(int(num), overrides))
 
 
 def register_resolver() -> None:
@@ -167,7 +243,7 @@ def _decide(cfg: DictConfig, out: Path) -> dict | None:
     if ended(metrics):
         saved = out / "config_resolved.yaml"
         if saved.is_file():
-            changes = config_changes(cfg, yaml.safe_load(saved.read_text()), REUSE_MAY_CHANGE)
+            changes = config_changes(cfg, read_saved_yaml(saved), REUSE_MAY_CHANGE)  # data: one line if not
             if changes:
                 raise Task1Error(f"job {out} has {status} with another config than this job's (conf/ changed "
                                  f"since?): {changes}. Start the sweep in a new folder, or delete {out} to train it "
