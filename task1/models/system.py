@@ -275,7 +275,8 @@ class System(QuietHooks, L.LightningModule):
         # summed over processes (each one saves, the first one's file is written): its sums go on from them
         if "train" in self._sums:
             sums = self.trainer.strategy.reduce(self._sums["train"].total(), reduce_op="sum")
-            checkpoint["epoch_state"] = {"train_sums": sums, "lr": self._epoch_lr}
+            # and, in a linear regression's first epoch, where it started (its first record keeps that)
+            checkpoint["epoch_state"] = {"train_sums": sums, "lr": self._epoch_lr, "start": self._start}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = checkpoint.get("history", [])
@@ -283,6 +284,7 @@ class System(QuietHooks, L.LightningModule):
             sums = checkpoint["epoch_state"]["train_sums"]  # all processes' sums: the first goes on from them
             self._sums["train"] = EpochSums(sums if self.global_rank == 0 else torch.zeros_like(sums))
             self._epoch_lr, self._epoch_start = checkpoint["epoch_state"]["lr"], time.perf_counter()
+            self._start = checkpoint["epoch_state"].get("start", {})  # (saved by a task1 that kept it)
 
     def _scheduler_steps_per_run(self) -> int:
         """How often Lightning will call scheduler.step() in this run."""
