@@ -91,9 +91,13 @@ class WritableFolder(Callback):
         self._holding = self._hold(Path(str(OmegaConf.select(config, "hydra.run.dir"))))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra has written .hydra/ and opened train.log: the run takes the folder over (task1.train holds it)
+        # Hydra has written .hydra/ and opened train.log: the run, or a sweep's job (held since its folder was
+        # resolved: task1.sweeps.folders), takes the folder over (task1.train holds it)
+        from task1.sweeps.folders import let_go
+
         if getattr(self, "_holding", None) is not None:
             self._holding.close()
+        let_go(Path(str(config.hydra.runtime.output_dir)))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.sweep.dir")  # the jobs' folders are made inside it, one by one

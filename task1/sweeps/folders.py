@@ -13,9 +13,10 @@ task1's Optuna search is a new job each time: trial N is job N, in folder N.
 
 Nothing touches a folder that another process holds (the job's own process of an earlier start, still running).
 The process that runs a job takes its folder's hold when it resolves it, before Hydra writes `.hydra/` and opens
-`train.log` there, and keeps it until the job ends (`holding`); where another process holds it, the resolver gives
-Hydra a scratch folder outside the sweep instead, and the job, in one line, leaves the folder to that process. A
-launcher that only looks a job's folder up (to submit the job elsewhere) takes no hold (`_runs_here`).
+`train.log` there, and hands it to the job's function once Hydra is done (`let_go`, then `holding`), as a single
+run's folder is handed over (task1.cli.WritableFolder); where another process holds it, the resolver gives Hydra a
+scratch folder outside the sweep instead, and the job, in one line, leaves the folder to that process. A launcher
+that only looks a job's folder up (to submit the job elsewhere) takes no hold (`_runs_here`).
 
 The resolver runs in whatever process runs the job (the sweep's own, a joblib worker, a SLURM job): task1.train,
 whose task function every such process unpickles, registers it when it is imported (`register_resolver`).
@@ -26,6 +27,7 @@ import itertools
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +41,7 @@ from task1 import Task1Error, first_line
 from task1.core.config import entries
 from task1.core.runs import RESUME_MAY_CHANGE, config_changes
 from task1.core.trust import read_saved_yaml
-from task1.io import FolderInUseError, held, hold, locked, read_json, write_json  # held: the one lock test
+from task1.io import FolderInUseError, held, hold, holder, locked, read_json, write_json  # held: the one lock test
 from task1.results import read_run
 from task1.sweeps.context import is_search
 
@@ -47,7 +49,7 @@ log = logging.getLogger("task1")
 RESOLVER = "task1.job_folder"
 # a completed job is reused only if it trained what this job would: a longer run is another result
 REUSE_MAY_CHANGE = tuple(k for k in RESUME_MAY_CHANGE if k != "trainer.max_epochs")
-# the folders of the jobs this process runs, held from their resolution until the job ends (see `holding`)
+# the folders of the jobs this process runs, held from their resolution until Hydra has set the job up (`let_go`)
 _holds: dict[Path, contextlib.ExitStack] = {}
 # a job whose folder another process held at its resolution: folder -> (the scratch folder Hydra got, why)
 _in_use: dict[Path, tuple[Path, str]] = {}
@@ -100,10 +102,11 @@ def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600,
 
 
 def _hold(folder: Path) -> str:
-    """`folder`, held by this process until its job ends; where another process holds it, a new scratch folder
-    (an absolute path: Hydra joins it to the sweep's folder as itself), so that Hydra writes nothing into it."""
+    """`folder`, held by this process until Hydra has set its job up (`let_go`); where another process holds it, a
+    new scratch folder (an absolute path: Hydra joins it to the sweep's folder as itself), so that Hydra writes
+    nothing into the held one."""
     folder = Path(os.path.abspath(folder))
-    if folder in _holds:  # resolved again during its own job
+    if folder in _holds:  # resolved again while Hydra sets the job up
         return str(folder)
     if folder in _in_use:
         return str(_in_use[folder][0])
@@ -111,6 +114,8 @@ def _hold(folder: Path) -> str:
     try:
         stack.enter_context(hold(folder))
     except FolderInUseError as e:
+        if holder(folder).startswith(f"process {os.getpid()} on {socket.gethostname()} "):
+            return str(folder)  # resolved again while its job runs here
         scratch = Path(tempfile.mkdtemp(prefix=f"task1-job-in-use-{folder.name}-"))
         _in_use[folder] = (scratch, str(e))
         return str(scratch)
@@ -118,23 +123,27 @@ def _hold(folder: Path) -> str:
     return str(folder)
 
 
+def let_go(out: Path) -> None:
+    """Hydra has written the job's .hydra/ and opened its train.log (task1.cli.WritableFolder.on_job_start): the
+    hold that the resolution of its folder `out` took is let go, for the job's function to take at once."""
+    stack = _holds.pop(Path(os.path.abspath(out)), None)
+    if stack is not None:
+        stack.close()
+
+
 def holding(out: Path) -> contextlib.AbstractContextManager:
-    """The folder `out` of a job (or of a single run) held for the block: the hold its resolution took, else one
-    taken now. A job whose folder another process held at its resolution (`out` is its scratch folder) gets
-    that FolderInUseError."""
-    out = Path(os.path.abspath(out))
-    why = _drop_scratch(out)
+    """The folder `out` of a run or of a sweep's job, held for the block. A job whose folder another process held
+    when it was resolved (`out` is its scratch folder) gets that FolderInUseError instead."""
+    why = _drop_scratch(Path(os.path.abspath(out)))
     if why is not None:
         raise FolderInUseError(why)
-    return _holds.pop(out, None) or hold(out)
+    return hold(out)
 
 
 def release(out: Path) -> None:
-    """What the resolution of a job that does not run took (its folder's hold, or its scratch folder), let go."""
-    out = Path(os.path.abspath(out))
-    _drop_scratch(out)
-    with _holds.pop(out, contextlib.nullcontext()):
-        pass
+    """What the resolution of a job that does not run took (its folder's hold, its scratch folder), let go."""
+    let_go(out)
+    _drop_scratch(Path(os.path.abspath(out)))
 
 
 def _drop_scratch(out: Path) -> str | None:
