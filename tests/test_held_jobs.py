@@ -55,3 +55,35 @@ def test_a_jobs_saved_config_that_is_not_data_fails_it_in_one_line(make_cfg, tmp
     with pytest.raises(Task1Error, match=rf"{out / 'config_resolved.yaml'} cannot be read as a saved config"):
         continue_job(cfg)
     assert json.loads((out / "metrics.json").read_text())["status"] == "completed"  # nothing lost
+
+
+def test_the_process_that_runs_a_job_holds_its_folder_and_a_launcher_that_looks_it_up_does_not(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from task1.cli import CONF
+    from task1.io import held
+    from task1.sweeps import folders
+
+    def job_cfg(num: int):  # a job's config as a launcher makes it (load_sweep_config, then its number)
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"optimizer.lr=0.{num + 1}", f"hydra.sweep.dir={tmp_path}"],
+                          return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.mode, cfg.hydra.job.num = RunMode.MULTIRUN, num
+        return cfg
+
+    folders.register_resolver()
+    first, second = job_cfg(0), job_cfg(1)
+    try:
+        HydraConfig.instance().set_config(first)  # Hydra's run_job: the job's config made the current one
+        assert first.hydra.sweep.subdir == "0" and held(tmp_path / "0")  # held while Hydra writes into it
+        # a launcher looking a job up to submit it elsewhere (task1's SLURM and packed launchers): no hold
+        assert second.hydra.sweep.subdir == "1" and not held(tmp_path / "1")
+        folders.let_go(tmp_path / "0")  # the job has started: its function takes the folder over
+        assert not held(tmp_path / "0")
+    finally:
+        folders.let_go(tmp_path / "0")
+        HydraConfig.instance().cfg = None

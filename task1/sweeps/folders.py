@@ -98,16 +98,16 @@ def job_folder(sweep: Path, num: int, overrides: list[str], wait_s: float = 600,
     with locked(sweep / ".claims.lock"):  # one claim at a time: two jobs never take one number or one job two
         found, numbers = _find(sweep, wanted)
         name = found if found is not None else _claim(sweep, num, overrides, numbers)
-    return _hold(sweep / name) if hold_it else name
+    return _hold(sweep, name) if hold_it else name
 
 
-def _hold(folder: Path) -> str:
-    """`folder`, held by this process until Hydra has set its job up (`let_go`); where another process holds it, a
-    new scratch folder (an absolute path: Hydra joins it to the sweep's folder as itself), so that Hydra writes
-    nothing into the held one."""
-    folder = Path(os.path.abspath(folder))
+def _hold(sweep: Path, name: str) -> str:
+    """`name`, its folder held by this process until Hydra has set its job up (`let_go`); where another process
+    holds it, a new scratch folder (an absolute path: Hydra joins it to the sweep's folder as itself), so that
+    Hydra writes nothing into the held one."""
+    folder = Path(os.path.abspath(sweep / name))
     if folder in _holds:  # resolved again while Hydra sets the job up
-        return str(folder)
+        return name
     if folder in _in_use:
         return str(_in_use[folder][0])
     stack = contextlib.ExitStack()
@@ -115,12 +115,12 @@ def _hold(folder: Path) -> str:
         stack.enter_context(hold(folder))
     except FolderInUseError as e:
         if holder(folder).startswith(f"process {os.getpid()} on {socket.gethostname()} "):
-            return str(folder)  # resolved again while its job runs here
+            return name  # resolved again while its job runs here
         scratch = Path(tempfile.mkdtemp(prefix=f"task1-job-in-use-{folder.name}-"))
         _in_use[folder] = (scratch, str(e))
         return str(scratch)
     _holds[folder] = stack
-    return str(folder)
+    return name
 
 
 def let_go(out: Path) -> None:
