@@ -1,5 +1,6 @@
 """A sweep's job whose folder another process holds is left untouched; a job's saved config is read as data."""
 
+import csv
 import json
 import subprocess
 import sys
@@ -37,6 +38,12 @@ def test_a_sweep_leaves_a_job_folder_another_process_holds_as_it_is(fake_root, t
         assert snapshot(job) == before  # .hydra/*, train.log, .lock: byte for byte; nothing new
         assert out.count(f"{job} is in use by process {proc.pid} on ") == 1, out[-3000:]
         assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0"]  # no other folder for it
+        # the report says it runs elsewhere, and where, not that it was lost
+        with (sweep / "summary.csv").open() as f:
+            (row,) = csv.DictReader(f)
+        assert row["status"] == "in use", row
+        assert row["error"].startswith(f"by process {proc.pid} on "), row
+        assert "| 0 | in use |" in (sweep / "summary.md").read_text()
     finally:
         proc.kill()
         proc.wait(timeout=60)

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from task1 import Task1Error
 from task1.cli import exit_on_error
 from task1.core.trust import read_saved_overrides, read_saved_yaml
-from task1.io import natural_key, write_atomic
+from task1.io import held, holder, natural_key, write_atomic
 from task1.results import read_run
 from task1.sweeps import seeds
 
@@ -41,10 +41,13 @@ def read_jobs(sweep: Path) -> list[dict]:
         name = folder.relative_to(sweep).as_posix()
         overrides = read_saved_overrides(folder / ".hydra" / "overrides.yaml")  # data: a Python tag is refused
         run = read_run(folder)  # no metrics.json: killed (or still running) before it could write one: incomplete
+        status, error = run.status, run.error
+        if status not in ("completed", "pruned") and held(folder):  # running elsewhere now, not lost
+            status, error = "in use", f"by {holder(folder) or 'another process'}"
         # +optuna.*: where the jobs of searches before 2026-12 found their trial, not a parameter
         pairs = (o.split("=", 1) for o in overrides if "=" in o and not o.startswith("+optuna."))
-        jobs.append({"job": name, "overrides": dict(pairs), "status": run.status, "final": run.final,
-                     "wall_time_s": run.data.get("wall_time_s"), "error": run.error})
+        jobs.append({"job": name, "overrides": dict(pairs), "status": status, "final": run.final,
+                     "wall_time_s": run.data.get("wall_time_s"), "error": error})
     return jobs
 
 
@@ -132,7 +135,7 @@ def markdown(sweep: Path, jobs: list[dict], params: list[str], metric: str | Non
     header, rows = _rows(jobs, params, metric_names(jobs))
     keep = [i for i, h in enumerate(header) if h != "overrides"]  # the swept ones have their own columns
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("completed", "pruned", "failed", "interrupted",
-                                                                       "incomplete")}
+                                                                       "in use", "incomplete")}
     lines = [f"# Sweep {sweep}", "", f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)]
     shared = [f"{k}={v}" for k, v in jobs[0]["overrides"].items() if k not in params]
     if shared:
