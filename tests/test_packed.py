@@ -189,3 +189,52 @@ def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninte
     assert result.returncode == 0 and "4 alone" in result.stdout + result.stderr
     assert [(killed / str(n) / "metrics.json").stat().st_mtime_ns for n in range(4)] == before
     assert len((killed / "summary.csv").read_text().splitlines()) == 5  # the report reads the members' folders
+
+
+# A member's folder taken by another process just after the launcher found it free (alone_reason): a helper process
+# takes it then, and the wrapper writes down what the folder held at that moment
+RACE = """import json, subprocess, sys
+from pathlib import Path
+from task1 import train
+from task1.pack import launcher
+
+HOLD = "import sys, time\\nfrom task1.io import hold\\nwith hold(sys.argv[1]):\\n    print('held', flush=True)\\n    \
+time.sleep(600)"
+found, helpers, taken = launcher.alone_reason, [], Path(sys.argv[1])
+
+def racing(job):
+    why = found(job)
+    if job.num == 1:
+        helpers.append(subprocess.Popen([sys.executable, "-c", HOLD, job.folder], stdout=subprocess.PIPE, text=True))
+        assert helpers[0].stdout.readline() == "held\\n"
+        files = {str(p.relative_to(job.folder)): p.read_bytes().hex() for p in job.folder.rglob("*") if p.is_file()}
+        taken.write_text(json.dumps({"pid": helpers[0].pid, "files": files}))
+    return why
+
+launcher.alone_reason = racing
+sys.argv = ["task1.train", *sys.argv[2:]]
+try:
+    train.main()
+finally:
+    for helper in helpers:
+        helper.kill()
+"""
+
+
+@pytest.mark.slow
+def test_a_member_whose_folder_another_process_takes_is_left_to_it_and_the_pack_trains_the_others(fake_root, tmp_path):
+    sweep, scratch, taken = tmp_path / "sweep", tmp_path / "tmp", tmp_path / "taken.json"
+    scratch.mkdir()
+    result = subprocess.run([sys.executable, "-c", RACE, str(taken), "--multirun", "hydra/launcher=packed",
+                             f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1", "logger=none",
+                             "figures.enabled=false", "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(scratch)})
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "Traceback" not in out and "1 pack, 0 alone" in out, out[-3000:]
+    held = json.loads(taken.read_text())
+    assert out.count(f"{sweep / '1'} is in use by process {held['pid']} on ") == 1, out[-3000:]
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"  # the pack went on
+    files = {str(p.relative_to(sweep / "1")): p.read_bytes().hex() for p in (sweep / "1").rglob("*") if p.is_file()}
+    assert files == held["files"]  # byte for byte as the other process took it
+    assert list(scratch.iterdir()) == []  # it trained nowhere else (a scratch folder, its result lost)
+    assert "| 1 | in use |" in (sweep / "summary.md").read_text()

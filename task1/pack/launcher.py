@@ -22,7 +22,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli
-from task1.io import FolderInUseError, hold
+from task1.io import FolderInUseError
 from task1.pack import PACK_STATE
 from task1.pack.grouping import STACKS, packs, unpackable
 from task1.sweeps import folders
@@ -139,8 +139,8 @@ def _prepare(job: Job, holding: contextlib.ExitStack, cfg: DictConfig) -> None:
     from task1.core.config import validate
     from task1.core.runs import record_failure
 
-    try:
-        holding.enter_context(hold(Path(cfg.output_dir)))
+    try:  # one whose folder another process took after alone_reason looked is left to it, as a single job is
+        holding.enter_context(folders.holding(Path(cfg.output_dir)))
     except FolderInUseError as e:
         log.error("%s This job is left to it; the sweep's report shows the job as it finds it.", e)
         return
