@@ -303,7 +303,7 @@ def test_a_sweep_started_again_leaves_a_job_that_another_process_runs_to_it(args
         assert out.count(f"{sweep / '0'} is in use by process {pid} on ") == 1, out[-4000:]
         assert "reused, completed" in (sweep / "1" / "train.log").read_text()
         rows = [r.split(",")[:2] for r in (sweep / "summary.csv").read_text().splitlines()[1:]]
-        assert rows == [["0", "incomplete"], ["1", "completed"]]
+        assert rows == [["0", "in use"], ["1", "completed"]]  # running elsewhere, not lost
         (sweep / "0" / "metrics.json").write_bytes(result)  # the holder finishes its job
 
     multirun(*command)  # the holder has ended: its result is reused
