@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up if needed, then run the test suite on two workers: scripts/test.sh [pytest arguments], e.g.
 # scripts/test.sh -m "not slow" (the quick tier), scripts/test.sh -n 0 (one process). A file's tests share one
-# worker (--dist loadfile): the cluster's tests run one at a time, as the one-node cluster needs.
+# worker (--dist loadfile): the cluster's tests run one at a time, as the one test cluster needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
