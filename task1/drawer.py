@@ -7,10 +7,12 @@ with task1.plots, writes its PNG (atomically) and, for TensorBoard, the same PNG
 log folder (an event file of its own, beside the logger's: TensorBoard reads every event file of a run).
 
 One drawer per process, started with the first run that draws and kept for the process's life, so that a sweep
-pays for its start once. A single run waits for its figures at its end (`settle`); a sweep's job does not, the
-next job trains while they are drawn, and the process waits for all of them when it exits. Where the drawer
-cannot start, dies, or hangs (no answer for QUIET_S seconds while figures wait: it is killed), the figures it was
-given are drawn in the run's own process: none is lost, and no wait is without end.
+pays for its start once. A single run waits for its figures at its end (`settle`); a sweep's job waits only for
+those drawn from its predictions, before its metrics.json says it is over (they cannot be drawn again once its
+process is gone), and the next job trains while its learning curves are drawn (a job reused without them draws
+them again from its metrics.json: `restore_run_figures`); the process waits for all of them when it exits.
+Where the drawer cannot start, dies, or hangs (no answer for QUIET_S seconds while figures wait: it is killed),
+the figures it was given are drawn in the run's own process: none is lost, and no wait is without end.
 """
 
 import atexit
@@ -288,9 +290,38 @@ def draw(name: str, args: tuple, path: Path | None = None, boards: list[Board] |
 
 
 def settle() -> None:
-    """Return once every figure handed over is on disk (a single run's end; a sweep's job does not wait)."""
+    """Return once every figure handed over is on disk (a single run's end; a job's prediction figures before
+    its metrics.json)."""
     if _drawer is not None:
         _drawer.wait()
+
+
+def run_figure_files(metrics: dict) -> list[str]:
+    """The files task1.plots.run_figures draws into a run's `figures/` from its `metrics` (as metrics.json keeps
+    them): the learning curves where there is a history, the regression fit where the truth is known too."""
+    history = metrics.get("history") or []
+    return (["curves.png"] if history else []) + (["regression.png"] if history and "true_w" in metrics
+                                                    and "w" in history[0] else [])
+
+
+def draw_run_figures(metrics: dict, out: Path) -> None:
+    """Have the figures of `run_figure_files` drawn into `<out>/figures` from `metrics` alone (by the drawer)."""
+    draw("run_figures", _run_figures_args(metrics, out))
+
+
+def _run_figures_args(metrics: dict, out: Path) -> tuple:
+    return {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}, str(out / "figures")
+
+
+def restore_run_figures(metrics: dict, out: Path) -> None:
+    """Draw here, from `metrics`, the run figures that a reused job's folder lacks: its process ended after its
+    metrics.json said it was over but before the drawer had drawn them (a lost node, SIGKILL). Its prediction
+    figures are on disk before its metrics.json (task1.core.build.report_run), so these are all it can lack."""
+    missing = [name for name in run_figure_files(metrics) if not (out / "figures" / name).is_file()]
+    if missing:
+        log.info("%s: %s missing (its process ended before they were drawn): drawn again from metrics.json", out,
+                 ", ".join(missing))
+        draw_here([("run_figures", _run_figures_args(metrics, out), None, [])])
 
 
 def serve() -> None:

@@ -333,10 +333,12 @@ def report_run(out: Path, config: dict, metrics: dict, loggers: list, global_ste
     """What a run that trained to its end writes beside its checkpoints: `metrics.json`, its figures, the
     loggers' final record (task1.core.hparams), and its final lines in the log. `config` is the run's resolved
     config (as its checkpoints keep it)."""
+    figures = (config.get("figures") or {}).get("enabled")
+    if figures:  # the prediction figures need the model: on disk before metrics.json says the job is over (a
+        drawer.settle()  # restart reuses it); the curves, if lost, are drawn again from metrics.json on reuse
     write_json(out / "metrics.json", metrics)
-    if (config.get("figures") or {}).get("enabled"):
-        figures = {k: metrics[k] for k in ("history", "true_w", "true_b") if k in metrics}
-        drawer.draw("run_figures", (figures, out / "figures"))
+    if figures:
+        drawer.draw_run_figures(metrics, out)
     log_final(loggers, config, metrics["final"], global_step, out / "figures")
     logger.info("final metrics (%s)\n%s", out, summary_table(metrics["final"]))
     if "w_error" in metrics:  # as d2l ends 3.2: the learned parameters against the true ones, and the error

@@ -119,9 +119,10 @@ class PredictionFigures(L.Callback):
     Both are logged as TensorBoard images (tags `val/predictions`, `val/confusion`, `test/...`) and saved as
     `<out_dir>/<split>_predictions.png`, `<out_dir>/<split>_confusion.png`. Validation figures are drawn after the
     last epoch only, plus every `every_n_epochs` epochs when that is > 0; task1.drawer draws them in a process of
-    its own. The net runs once more over the batches that validation already sees (one big batch at the default
-    eval_batch_size), and only on those epochs. `per_class_acc[split]` holds the accuracy of
-    each class, summed over processes.
+    its own, and the run waits for them before its metrics.json says it is over (task1.core.build.report_run:
+    they cannot be drawn again without the model). The net runs once more over the batches that validation
+    already sees (one big batch at the default eval_batch_size), and only on those epochs. `per_class_acc[split]`
+    holds the accuracy of each class, summed over processes.
     """
 
     def __init__(self, out_dir: Path, names: Sequence[str], every_n_epochs: int = 0, num_examples: int = 24):

@@ -263,6 +263,10 @@ def _decide(cfg: DictConfig, out: Path) -> dict | None:
                         out, before, out / "metrics.json")
         else:
             log.info("%s: reused, %s in an earlier start of this sweep (not trained again)", out, status)
+            if (cfg.get("figures") or {}).get("enabled"):  # its process may have ended before they were drawn
+                from task1.drawer import restore_run_figures
+
+                restore_run_figures(metrics, out)
         return metrics
     if last.is_file():
         log.info("%s: resuming from %s (%s before)", out, last, before)
