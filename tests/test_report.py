@@ -2,10 +2,13 @@
 swept parameter so that its points can be told apart and its axis read."""
 
 import itertools
+import subprocess
+import sys
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import ROOT, run_cli
+from test_edges import mount_namespace  # noqa: F401 (a fixture)
 from test_sweep_seeds import a_job
 
 from task1.sweeps.report import figure, read_jobs, summarize
@@ -106,3 +109,58 @@ def test_a_sweep_validated_on_the_test_split_says_so_once(tmp_path, caplog):
         summarize(held_out)
     assert "test split" not in (held_out / "summary.md").read_text()
     assert not [r for r in caplog.records if r.message.startswith("note:")]
+
+
+REPORT_AT_END = """
+import logging, sys
+from omegaconf import OmegaConf
+from task1.sweeps.report import SweepReport
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": sys.argv[1]}}}))
+"""
+
+
+def end_of_multirun(sweep) -> str:
+    """What the sweep report logs when a multirun over `sweep` ends, in a process of its own."""
+    done = subprocess.run([sys.executable, "-c", REPORT_AT_END, str(sweep)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def a_sweep(folder) -> None:
+    for i, lr in enumerate(ERRS):
+        a_job(folder / str(i), [f"optimizer.lr={lr}"], final={"val/acc": 1 - ERRS[lr]})
+
+
+def test_a_report_file_that_cannot_be_written_is_one_line_naming_it_and_the_others_are_kept(tmp_path):
+    a_sweep(tmp_path)
+    (tmp_path / "summary.png" / "in_the_way").mkdir(parents=True)  # a folder where the figure goes: even root fails
+    out = end_of_multirun(tmp_path)
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert "Traceback" not in out and len(errors) == 1, out
+    assert f"could not write {tmp_path / 'summary.png'}: " in errors[0] and f"task1 summarize {tmp_path}" in errors[0]
+    assert (tmp_path / "summary.csv").is_file() and "optimizer.lr" in (tmp_path / "summary.md").read_text()
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line_naming_the_file_and_the_device(tmp_path,
+                                                                                        mount_namespace):  # noqa: F811
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    # the jobs first, then a filler that takes all but 3 pages: summary.csv and summary.md fit, the figure not
+    script = f"""
+        mount -t tmpfs -o size=1m tmpfs {disk} || exit 99
+        {sys.executable} -c 'import sys; sys.path[:0] = ["{ROOT / "tests"}", "{ROOT}"]; from pathlib import Path; \\
+            from test_report import a_sweep; a_sweep(Path("{disk}"))'
+        dd if=/dev/zero of={disk}/filler bs=4k 2>/dev/null; truncate -s -12k {disk}/filler
+        {sys.executable} -c '{REPORT_AT_END}' {disk} > {tmp_path}/out 2>&1
+        cp {disk}/summary.* {tmp_path}/
+    """
+    done = subprocess.run([*mount_namespace, script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = (tmp_path / "out").read_text() if (tmp_path / "out").exists() else ""
+    assert done.returncode == 0, done.stdout + done.stderr + out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert "Traceback" not in out and len(errors) == 1, out
+    assert f"could not write {disk / 'summary.png'}: no space left on tmpfs (mounted at {disk})" in errors[0], out
+    assert (tmp_path / "summary.csv").is_file() and "optimizer.lr" in (tmp_path / "summary.md").read_text()
+    assert not (tmp_path / "summary.png").exists()

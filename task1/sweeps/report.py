@@ -17,8 +17,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from task1 import Task1Error
+from task1 import Task1Error, error_line
 from task1.cli import exit_on_error
+from task1.core.runs import no_space_error
 from task1.core.trust import read_saved_overrides, read_saved_yaml
 from task1.io import held, holder, natural_key, write_atomic
 from task1.results import read_run
@@ -290,10 +291,26 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         metric = self.metric or config.get("optimized_metric")
+        sweep = Path(config.hydra.sweep.dir)
+        files = ["summary.csv", "summary.md", "summary_seeds.csv", "summary.png"]  # as summarize writes them
+
+        def stamp(name: str) -> int | None:  # when it was last written (None: no such file)
+            return (sweep / name).stat().st_mtime_ns if (sweep / name).exists() else None
+
+        before = {name: stamp(name) for name in files}
         try:
-            summarize(config.hydra.sweep.dir, metric, self.mode)
-        except Exception:  # the jobs' results are on disk either way: `task1 summarize` can retry
-            log.exception("could not write the sweep report for %s", config.hydra.sweep.dir)
+            summarize(sweep, metric, self.mode)
+        except Exception as e:  # the jobs' results are on disk either way: `task1 summarize` can retry
+            full = no_space_error(e, sweep)
+            if full is None and not isinstance(e, OSError):  # not the file system's doing: its traceback
+                log.exception("could not write the sweep report for %s", sweep)
+                return
+            # a write error names no file: the first one not written anew (each is whole: written atomically)
+            name = next((n for n in files if stamp(n) == before[n]  # summary_seeds.csv: where seeds were swept
+                         and (n != files[2] or stamp(n) is not None)), "the report")
+            why = str(full).partition(" while writing")[0] if full else error_line(e)
+            log.error("could not write %s: %s (the files written before it are kept; to write the report again: "
+                      "task1 summarize %s)", sweep / name, why, sweep)
 
 
 @exit_on_error
