@@ -314,13 +314,14 @@ def _run_figures_args(metrics: dict, out: Path) -> tuple:
 
 
 def restore_run_figures(metrics: dict, out: Path) -> None:
-    """Draw here, from `metrics`, the run figures that a reused job's folder lacks: its process ended after its
-    metrics.json said it was over but before the drawer had drawn them (a lost node, SIGKILL). Its prediction
-    figures are on disk before its metrics.json (task1.core.build.report_run), so these are all it can lack."""
+    """Draw here, from `metrics`, the run figures (all of them: the same data, the same pixels) where a reused
+    job's folder lacks one: its process ended after its metrics.json said it was over but before the drawer had
+    drawn them (a lost node, SIGKILL). Its prediction figures are on disk before its metrics.json
+    (task1.core.build.report_run), so these are all it can lack."""
     missing = [name for name in run_figure_files(metrics) if not (out / "figures" / name).is_file()]
     if missing:
-        log.info("%s: %s missing (its process ended before they were drawn): drawn again from metrics.json", out,
-                 ", ".join(missing))
+        log.info("%s: %s missing (its process ended before they were drawn): its figures drawn again from "
+                 "metrics.json", out, ", ".join(missing))
         draw_here([("run_figures", _run_figures_args(metrics, out), None, [])])
 
 
