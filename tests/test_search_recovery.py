@@ -4,6 +4,7 @@ or with a launch that raises, then started again."""
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from conftest import ROOT, make_fashion_mnist, run_cli
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from test_edges import mount_namespace  # noqa: F401 (a fixture)
 
 from task1.sweeps.folders import held
 
@@ -177,3 +179,50 @@ def test_the_trials_in_flight_are_told_when_another_launch_raises(args, tmp_path
     assert trained.state == TrialState.COMPLETE
     assert trained.value == metrics(sweep / str(trained.number))["final"]["val/acc"]
     assert by_model["nosuch"].state == TrialState.RUNNING  # never began: the next start launches it again
+
+
+@pytest.mark.slow
+def test_a_trial_whose_job_failed_in_a_way_that_may_pass_is_launched_again_and_resumes(args, tmp_path,
+                                                                                        mount_namespace):  # noqa: F811
+    # the sweep folder on a small disk (a checkpoint is 411 kB): trial 0 trains, then a checkpoint no longer fits;
+    # trial 1 fails at its first one. Both failed for a full disk, which may pass: the next start, with space,
+    # finishes them
+    disk, journal = tmp_path / "disk", tmp_path / "optuna_journal.log"
+    disk.mkdir()
+    command = [*(a if not a.startswith("model.num_hiddens=") else "model.num_hiddens=64" for a in args),
+               f"hydra.sweep.dir={disk}", f"hydra.sweeper.storage={journal}"]
+    search = f"{sys.executable} -m task1.train --multirun {shlex.join(command)}"
+    script = f"""
+        mount -t tmpfs -o size=1m tmpfs {disk} || exit 99
+        {search} > {tmp_path}/first.out 2>&1; echo $? > {tmp_path}/first.rc
+        cp {journal} {tmp_path}/first.log
+        mount -o remount,size=16m {disk}
+        {search} > {tmp_path}/second.out 2>&1; echo $? > {tmp_path}/second.rc
+        cp -a {disk} {tmp_path}/sweep
+    """
+    done = subprocess.run([*mount_namespace, script], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    first, second = ((tmp_path / f"{n}.out").read_text() for n in ("first", "second"))
+    # the first start: no trial failed in the study; they are left to go on, as a sweep's failed jobs (exit 0)
+    assert (tmp_path / "first.rc").read_text().strip() == "0", first[-4000:]
+    for t in "01":
+        assert f"trial {t} failed in a way that may pass (no space left on tmpfs (mounted at {disk})" in first
+    assert "2 trials left to go on (0, 1): run this command again" in first, first[-4000:]
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "first.log")))
+    assert [t.state for t in optuna.load_study(study_name="mlp_fashion_mnist", storage=storage).trials] == \
+        [TrialState.RUNNING] * 2
+
+    # the second start: each launched again with its own number and parameters, to the result of a trial never
+    # stopped (trial 0 from its checkpoint)
+    assert (tmp_path / "second.rc").read_text().strip() == "0" and "Traceback" not in second, second[-4000:]
+    assert all(f"trial {t} failed in an earlier start in a way that may pass" in second for t in "01")
+    sweep = tmp_path / "sweep"
+    study = optuna.load_study(study_name="mlp_fashion_mnist",
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert len(study.trials) == 2 and "left to go on" not in second
+    check_told(sweep, study)
+    assert "resuming from" in (sweep / "0" / "train.log").read_text()
+    for t in "01":
+        reference = uninterrupted(sweep / t, tmp_path)
+        assert metrics(sweep / t)["final"] == reference["final"]
+        assert metrics(sweep / t)["history"] == reference["history"]

@@ -109,6 +109,17 @@ def tell(study: optuna.Study, trial: Trial | int, **kwargs: Any) -> None:
             raise
 
 
+def may_pass(metrics: dict, folder: Path) -> bool:
+    """Whether a task1 job that failed may pass when it runs again, as a sweep's job resumes
+    (task1.sweeps.folders.ended): not a seeded divergence (`repeats`), and either its disk was full, or it had
+    trained (its last checkpoint: its config is sound, what stopped it lies outside it, such as out of memory or a
+    node lost). A job that failed before its first checkpoint for another reason (a config mistake) fails again."""
+    if metrics.get("repeats"):
+        return False
+    error = str(metrics.get("error") or "").lower()
+    return (folder / "checkpoints" / "last.ckpt").is_file() or "no space left on" in error
+
+
 class Search(Sweeper):
     """Ask Optuna for trials, launch them, tell Optuna how each ended, until the study holds `n_trials`; then
     write the best trial (or the Pareto front) to optimization_results.yaml."""
@@ -205,9 +216,10 @@ class Search(Sweeper):
             total = min(total, math.prod(len(v) for v in grid(space).values()))
             if total < self.n_trials:
                 log.info("n_trials=%d cut to the grid's %d points", self.n_trials, total)
-        done = len(study.get_trials(deepcopy=False))
+        done = len(study.get_trials(deepcopy=False))  # with those to launch again: they keep their numbers
         log.info("study %r: %d of %d trials done; sampler %s, pruner %s; to watch it: optuna-dashboard %s",
-                 study.study_name, done, total, type(study.sampler).__name__, type(study.pruner).__name__, storage)
+                 study.study_name, done - len(again) - len(elsewhere), total, type(study.sampler).__name__,
+                 type(study.pruner).__name__, storage)
         again = [(self._trial(study, t.number), self._overrides(t.params, fixed)) for t in again]
         run = launching.Run(self, max(0, total - done) + len(again), again)
         try:
@@ -218,7 +230,7 @@ class Search(Sweeper):
             launching.stopped(self.config, self.hydra_context)
         self._collect(study, elsewhere)
         self._write_results(study, storage)
-        self._end(run)
+        self._end(run, [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))])
 
     def _left_running(self, study: optuna.Study) -> tuple[list[int], list[optuna.trial.FrozenTrial]]:
         """The trials an earlier start left running, each as its job's folder has it (a Ctrl-C, a kill, a
@@ -234,12 +246,14 @@ class Search(Sweeper):
                 log.info("trial %d still runs (%s): the search takes its result when it ends", trial.number,
                          holder(folder))
                 elsewhere.append(trial.number)
-            elif self._outcome(study, trial.number, None, wait=False) is not None:
+            elif (outcome := self._outcome(study, trial.number, None, wait=False)) and \
+                    outcome[0] != TrialState.RUNNING:
                 self._finish(study, self._trial(study, trial.number), None, wait=False)
             else:
-                log.info("trial %d was left running by a search that stopped, before its job ended: it is launched "
-                         "again (it resumes from %s if there is one)", trial.number,
-                         folder / "checkpoints" / "last.ckpt")
+                why = f"failed in an earlier start in a way that may pass ({outcome[2]})" if outcome else \
+                    "was left running by a search that stopped, before its job ended"
+                log.info("trial %d %s: it is launched again (it resumes from %s if there is one)",
+                         trial.number, why, folder / "checkpoints" / "last.ckpt")
                 again.append(trial)
         return elsewhere, again
 
@@ -295,14 +309,16 @@ class Search(Sweeper):
     def _finish(self, study: optuna.Study, trial: Trial, ret: JobReturn | None, wait: bool = True) -> str | None:
         """Finish a trial its job left running, as `_outcome` finds its end: complete with its values, pruned, or
         failed with the reason (logged, and the trial's user attribute `fail_reason`); a trial whose job did not
-        end stays running, for the next start. A pruned trial was finished by its job (task1.sweeps.trial), as
-        Optuna's own workers do. Returns the reason of a failure."""
+        end stays running, for the next start, and so does one whose job failed in a way that may pass (its reason is
+        returned: it failed in this start). A pruned trial was finished by its job (task1.sweeps.trial), as Optuna's
+        own workers do. Returns the reason of a failure."""
         if frozen(study, trial).state == TrialState.RUNNING:
             outcome = self._outcome(study, trial.number, ret, wait)
-            if outcome is None:
-                log.warning("trial %d stopped before its end: it stays running in the study, and the next start of "
-                            "this search launches it again (it resumes from its checkpoint)", trial.number)
-                return None
+            if outcome is None or outcome[0] == TrialState.RUNNING:
+                log.warning("trial %d %s: it stays running in the study, and the next start of this search launches "
+                            "it again (it resumes from its checkpoint)", trial.number,
+                            f"failed in a way that may pass ({outcome[2]})" if outcome else "stopped before its end")
+                return outcome and outcome[2]
             state, values, reason = outcome
             if reason:
                 trial.set_user_attr("fail_reason", reason)  # shown by optuna-dashboard
@@ -322,8 +338,10 @@ class Search(Sweeper):
 
         A task1 job's end is what its folder's metrics.json says, whatever the launch returned or whether it
         returned at all (a launch that raised, a command that was stopped): completed (its optimized_metric),
-        pruned or failed; `interrupted`, or no record, is no end (it resumes). A folder that a live process
-        holds is waited for (`wait`), else no end yet. Another app's end is its job's return value."""
+        pruned or failed; `interrupted`, or no record, is no end (it resumes). A failure that may pass (`may_pass`)
+        is RUNNING with its reason: failed in this start, but not over: the next start launches it again. A folder
+        that a live process holds is waited for (`wait`), else no end yet. Another app's end is its job's return
+        value."""
         n = len(study.directions)
         if self._task1():
             ran = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret and ret.hydra_cfg else None
@@ -341,8 +359,9 @@ class Search(Sweeper):
                     return TrialState.FAIL, None, str(e)
             if run.status == "pruned":
                 return TrialState.PRUNED, None, None
-            if run.status == "failed":
-                return TrialState.FAIL, None, run.error or "its job failed"
+            if run.status == "failed":  # no end yet where it may pass: it resumes, as a sweep's job does
+                return (TrialState.RUNNING if may_pass(run.data, folder) else TrialState.FAIL), None, \
+                    run.error or "its job failed"
             if ret is not None and ret.status == JobStatus.FAILED:  # it raised before it recorded anything
                 return TrialState.FAIL, None, failure_reason(ret)
             return None
@@ -355,9 +374,15 @@ class Search(Sweeper):
         except ValueError as e:
             return TrialState.FAIL, None, failure_reason(ret) or str(e)
 
-    def _end(self, run: "launching.Run") -> None:
-        """Exit with status 1 when the failures stopped the search or every trial failed (after the report)."""
-        if not run.stopped_by and not (run.launched and run.failed == run.launched):
+    def _end(self, run: "launching.Run", left: list[int]) -> None:
+        """Say which trials are `left` to go on (stopped, or failed in a way that may pass); exit with status 1
+        when the failures stopped the search (max_failure_rate) or every trial failed for good (after the report),
+        else 0: a trial left to go on is a sweep's failed job, which the next start resumes."""
+        go_on = (f"{len(left)} trial{'s' if len(left) > 1 else ''} left to go on ({', '.join(map(str, left))}): run "
+                 f"this command again, and they resume from their checkpoints" if left else "")
+        if not run.stopped_by and not (run.launched and run.failed == run.launched and not left):
+            if go_on:
+                log.warning("%s", go_on[0].upper() + go_on[1:])
             return
         trial, ret, reason = run.stopped_by or run.first_failure
         if ret.status == JobStatus.FAILED:  # the job's own traceback, as Hydra would show it
@@ -368,7 +393,7 @@ class Search(Sweeper):
                f"the search stopped: more than hydra.sweeper.max_failure_rate={self.max_failure_rate} of a batch "
                f"of {self.n_jobs} trials failed ({run.failed} of {run.launched} launched)")
         self.hydra_context.callbacks.on_multirun_end(config=self.config)  # the sweep report, before the exit
-        cli.fail(Task1Error(f"{why}; trial {trial.number}: {reason}"))
+        cli.fail(Task1Error(f"{why}; trial {trial.number}: {reason}" + (f"; {go_on}" if go_on else "")))
 
     def _write_results(self, study: optuna.Study, storage: str) -> None:
         trials = study.get_trials(deepcopy=False)
