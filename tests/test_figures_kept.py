@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, make_fashion_mnist, run_cli
 
-from task1 import plots
+from task1 import drawer, plots
 from task1.drawer import run_figure_files
 from task1.sweeps.folders import continue_job
+from task1.train import train
 
 CLASSIFY = {"history": [{"epoch": 0, "train/loss": 1.0, "train/acc": 0.5, "val/loss": 1.1, "val/acc": 0.4,
                          "train/lr": 0.1}]}
@@ -48,6 +49,22 @@ def test_a_reused_job_draws_its_missing_run_figures_again_from_metrics_json(make
     caplog.clear()
     continue_job(make_cfg(f"output_dir={out}"))
     assert "drawn again" not in caplog.text  # nothing missing, nothing drawn
+
+
+def test_a_jobs_prediction_figures_are_on_disk_before_its_metrics_json(make_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(drawer, "QUIET_S", 1.0)  # the drawer below hangs: the job draws them itself after 1 s
+    drawer.start()
+    hung = drawer._drawer.process.pid
+    os.kill(hung, signal.SIGSTOP)  # what it is given waits in it, undrawn
+    try:
+        train(make_cfg("model=softmax"), figures_drawn=False)  # as a sweep's job: it does not wait for its curves
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    written = (tmp_path / "metrics.json").stat().st_mtime_ns
+    assert all((tmp_path / "figures" / name).stat().st_mtime_ns <= written for name in PREDICTION_FIGURES)
+    drawer.settle()  # the curves, drawn by the next drawer: nothing left to the next test
+    assert (tmp_path / "figures" / "curves.png").is_file()
 
 
 def drawers(pid: int) -> set[int]:
