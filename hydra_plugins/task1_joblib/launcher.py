@@ -103,7 +103,8 @@ class Job:
                 return None
         finally:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # a worker between jobs is no job to stop
-            folders.release(run_dir(cfg))  # a job that did not get to its folder's hold lets it go (record_stop)
+            if "output_dir" in cfg:  # task1's job (another Hydra app's job has no folder of task1's to let go)
+                folders.release(run_dir(cfg))  # a job that did not get to its folder's hold lets it go (record_stop)
 
 
 def _once(signum: int, frame: Any) -> None:
