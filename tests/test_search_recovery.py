@@ -138,14 +138,18 @@ def test_a_search_started_again_resumes_the_trials_whose_jobs_stopped(args, tmp_
         end(proc)
     out = (tmp_path / "first.log").read_text()
     study = study_of(sweep)
-    assert [t.state for t in study.trials] == [TrialState.RUNNING] * len(stopped)
+    # a trial whose job ended before the signal reached it (a loaded machine) is told so; the others stay running
+    stopped = "".join(t for t in stopped if metrics(sweep / t).get("status") != "completed")
+    assert stopped, "no trial was stopped mid-run: the test proves nothing"
+    assert [t.state for t in study.trials if str(t.number) in stopped] == [TrialState.RUNNING] * len(stopped)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials if str(t.number) not in stopped)
     if "Ctrl-C" in how:  # one line that says how to go on, the report, each job's metrics.json where it stands
         assert proc.returncode == 130 and "Traceback" not in out, out[-4000:]
         said = [line for line in out.splitlines() if "Interrupted:" in line]
         assert len(said) == 1 and "run this command again" in said[0], out[-4000:]
-        assert "2 not completed" in out and (sweep / "summary.md").is_file()
+        assert f"{len(stopped)} not completed" in out and (sweep / "summary.md").is_file()
         assert all(metrics(sweep / t)["status"] == "interrupted" for t in stopped)
-        assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["states"] == {"running": 2}
+        assert yaml.safe_load((sweep / "optimization_results.yaml").read_text())["states"]["running"] == len(stopped)
 
     out = search(*command)
     assert all(f"trial {t} was left running by a search that stopped, before its job ended: it is launched "
