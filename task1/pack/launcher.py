@@ -71,6 +71,11 @@ class PackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
+        return self.run([(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)])
+
+    def run(self, numbered: list[tuple[int, list[str]]]) -> list[JobReturn]:
+        """The jobs (number, overrides) in packs, and alone those that cannot be packed; their results in order.
+        A SLURM job of a packed sweep runs its pack with this (task1.sweeps.slurm)."""
         if self.stack not in STACKS:
             cli.fail(Task1Error(f"hydra.launcher.stack={self.stack} is not allowed: expected one of "
                                 f"{', '.join(STACKS)}."))
@@ -79,7 +84,7 @@ class PackedLauncher(Launcher):
                                 f"pack, 1 or more."))
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        jobs = [self._job(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)]
+        jobs = [self._job(num, list(o)) for num, o in numbered]
         reasons = [alone_reason(j) for j in jobs]
         packable = [j for j, why in zip(jobs, reasons, strict=True) if why is None]
         groups = [[packable[i] for i in g] for g in packs([j.cfg for j in packable], self.pack)]
