@@ -76,6 +76,21 @@ class StopOnRequest(L.Callback):
             stop_as_on_sigterm(trainer)
 
 
+def judge(trial, metric: str, measured: dict[str, float], epoch: int, max_epochs: int) -> bool | None:
+    """Report `metric` of epoch `epoch` (from 0) to a search's `trial`, taken from `measured` (the epoch's val
+    metrics as metrics.json keeps them: the study agrees with the history), and say whether its pruner prunes the
+    run now. The last epoch is reported but not judged: a run that trained all its epochs is complete. None when
+    `metric` is not measured after each epoch (warned: the trial gets its final value, it cannot be pruned).
+    Shared by Pruning (a job alone) and a packed member (task1.pack.member)."""
+    value = measured.get(metric)
+    if value is None:  # e.g. test/acc
+        log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
+                    "(after each epoch: %s)", metric, ", ".join(sorted(measured)))
+        return None
+    trial.report(value, epoch)
+    return epoch + 1 < max_epochs and trial.should_prune()
+
+
 class Pruning(L.Callback):
     """Reports `metric` to a search's trial after every epoch's validation, and stops the run when the trial's
     pruner says so (then `pruned` is true and, once fit ends, the trial is finished as pruned).
@@ -95,15 +110,11 @@ class Pruning(L.Callback):
         prune = False
         if trainer.is_global_zero and self.trial is not None:
             self.metric = self.metric or pl_module.monitor[0]  # (None: the metric the best checkpoint follows)
-            value = pl_module.last_metrics("val").get(self.metric)  # as metrics.json keeps it: the study agrees
-            if value is None:  # e.g. test/acc: the trial gets its final value, it just cannot be pruned
-                log.warning("optimized_metric=%s is not measured after each epoch, so this trial cannot be pruned "
-                            "(after each epoch: %s)", self.metric, ", ".join(sorted(trainer.callback_metrics)))
+            judged = judge(self.trial, self.metric, pl_module.last_metrics("val"), trainer.current_epoch,
+                           trainer.max_epochs)
+            if judged is None:
                 self.trial = None
-            else:
-                epoch = trainer.current_epoch
-                self.trial.report(value, epoch)
-                prune = epoch + 1 < trainer.max_epochs and self.trial.should_prune()
+            prune = bool(judged)
         self.pruned = bool(trainer.strategy.broadcast(prune))
         if self.pruned:
             trainer.should_stop = True

@@ -6,6 +6,10 @@ resolver (task1.sweeps.folders), Hydra writes its `.hydra/` and its log, it hold
 trains, and it ends with the files a job writes. A job whose folder says it is over is reused, one held by
 another process is left to it, and one that a run of its own left with a checkpoint to resume resumes alone;
 a member of a pack that was stopped goes on from its state after its latest epoch (checkpoints/pack_state.ckpt).
+
+In task1's Optuna search (hparams_search=optuna), the trials of a launch (a batch of n_jobs:
+task1.sweeps.launching) are its jobs: each member opens its own trial in its job's Hydra config, reports to it
+after each epoch and leaves the pack when it is pruned (task1.pack.member).
 """
 
 import contextlib
@@ -26,7 +30,7 @@ from task1.io import FolderInUseError
 from task1.pack import PACK_STATE
 from task1.pack.grouping import STACKS, packs, unpackable
 from task1.sweeps import folders
-from task1.sweeps.context import is_search
+from task1.sweeps.context import in_search
 
 log = logging.getLogger("task1")
 
@@ -43,8 +47,6 @@ class Job:
 
 def alone_reason(job: Job) -> str | None:
     """Why `job` trains on its own now (None: it goes in a pack)."""
-    if is_search(job.cfg.hydra):
-        return "a trial of a search"
     reason = unpackable(job.cfg)
     if reason:
         return reason
@@ -128,7 +130,7 @@ class PackedLauncher(Launcher):
                 return
             try:
                 results = train_pack([j.prepared["cfg"] for j in members], [j.prepared["choices"] for j in members],
-                                     self.stack)
+                                     self.stack, [j.prepared["trial"] for j in members])
             except Exception as e:  # the pack as a whole failed (its data, say): every member records it
                 for job in members:
                     record_failure(job.prepared["cfg"], e, time.perf_counter() - start)
@@ -139,8 +141,9 @@ class PackedLauncher(Launcher):
 
 
 def _prepare(job: Job, holding: contextlib.ExitStack, cfg: DictConfig) -> None:
-    """A member's job function, run by Hydra's run_job: hold its folder for the pack, check its config, and clear
-    what a start that stopped before its first epoch left; its resolved config then goes to the pack."""
+    """A member's job function, run by Hydra's run_job: hold its folder for the pack, check its config, clear
+    what a start that stopped before its first epoch left, and open its search trial (where the job's HydraConfig
+    is set, which says which trial it is); its resolved config and its trial then go to the pack."""
     from task1.core.config import validate
     from task1.core.runs import record_failure
 
@@ -154,7 +157,12 @@ def _prepare(job: Job, holding: contextlib.ExitStack, cfg: DictConfig) -> None:
         if not (Path(cfg.output_dir) / "checkpoints" / PACK_STATE).is_file():
             folders.continue_job(cfg)  # nothing to reuse or resume here (alone_reason): it clears the folder
         resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        trial = None
+        if in_search():  # only then is Optuna imported (task1.train.search_callbacks)
+            from task1.sweeps.trial import open_trial
+
+            trial = open_trial()
     except Exception as e:  # recorded, not raised, as a job's failure is (task1.train.job): the sweep goes on
         record_failure(cfg, e, 0.0)
         return
-    job.prepared.update(cfg=resolved, choices=OmegaConf.to_container(HydraConfig.get().runtime.choices))
+    job.prepared.update(cfg=resolved, choices=OmegaConf.to_container(HydraConfig.get().runtime.choices), trial=trial)

@@ -4,6 +4,8 @@ A member is built exactly as the job trained alone builds its system (task1.core
 `build_system`), so that it starts from the same weights, and it ends by writing what that job writes into its
 own folder: `config_resolved.yaml`, `metrics.json` (with its history), `checkpoints/last.ckpt` and `best.ckpt`,
 its loggers' files (TensorBoard's events and HParams) and its figures. The pack (task1.pack.trainer) owns the loop.
+A member that is a trial of task1's Optuna search reports to its trial after each epoch, as the job alone does
+(task1.core.callbacks.judge), and ends as that job ends when its trial is pruned.
 """
 
 import logging
@@ -25,7 +27,7 @@ from task1.core.build import (
     save_config,
     set_threads_and_seed,
 )
-from task1.core.callbacks import DivergedError, FiniteLoss, PredictionFigures
+from task1.core.callbacks import DivergedError, FiniteLoss, PredictionFigures, judge
 from task1.core.checkpoints import AtomicCheckpointIO, check_compatible, load_checkpoint
 from task1.core.provenance import provenance
 from task1.core.runs import config_changes, failure_metrics, stopped_metrics
@@ -41,9 +43,10 @@ GPU_EVERY = FiniteLoss().gpu_every
 
 
 class Member:
-    """A job of the pack: `cfg` is its resolved config (its `output_dir` is its job folder)."""
+    """A job of the pack: `cfg` is its resolved config (its `output_dir` is its job folder); `trial` its search
+    trial (task1.sweeps.trial.StudyTrial), or None."""
 
-    def __init__(self, cfg: DictConfig, data, choices: dict | None = None, device: str = "cpu"):
+    def __init__(self, cfg: DictConfig, data, choices: dict | None = None, device: str = "cpu", trial=None):
         self.start, self.origin = time.perf_counter(), provenance()
         self.cfg, self.out, self.choices = cfg, Path(cfg.output_dir), choices
         self.out.mkdir(parents=True, exist_ok=True)
@@ -69,6 +72,9 @@ class Member:
         self.monitor, self.mode = system.monitor
         self.best: float | None = None
         self.failed: BaseException | None = None
+        # a search's trial: its optimized_metric reported after each epoch (None: what the best checkpoint follows)
+        self.trial, self.metric, self.pruned = trial, cfg.get("optimized_metric") or self.monitor, False
+        self.result: dict | None = None  # its metrics.json once it is over (completed, pruned or failed)
         self.epochs_done = self.current_epoch = 0
         self.seconds = 0.0
         figures = cfg.get("figures") or {"enabled": False}
@@ -161,6 +167,9 @@ class Member:
                                   (value > self.best if self.mode == "max" else value < self.best)):
             self.best = value
             self.save("best.ckpt", epoch)
+        if self.trial is not None:  # before the pack's state: a pack stopped in between judges this epoch again
+            judged = judge(self.trial, self.metric, val, epoch, self.max_epochs)
+            self.trial, self.pruned = self.trial if judged is not None else None, bool(judged)
         self.epochs_done = epoch + 1
         self.save(PACK_STATE, epoch)
 
@@ -181,8 +190,8 @@ class Member:
         """Mark the member failed (its metrics.json says why); the pack goes on without it."""
         self.failed = error
         metrics, _ = failure_metrics(error, self.history, self.cfg.seed, self.out)
-        self.failure = {**metrics, "wall_time_s": round(self.seconds, 3)}
-        write_json(self.out / "metrics.json", self.failure)
+        self.result = {**metrics, "wall_time_s": round(self.seconds, 3)}
+        write_json(self.out / "metrics.json", self.result)
         self.log.error("%s: %s", self.out, error)
         self.close_log()
 
@@ -198,9 +207,15 @@ class Member:
 
     def finish(self, test: dict[str, float]) -> dict:
         """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes, built and written
-        by the same functions (its loop is the automatic one written out; the pack stops no member early)."""
-        metrics = run_metrics("completed", self.cfg.seed, self.system, self.max_epochs, False, self.seconds,
+        by the same functions (its loop is the automatic one written out; the pack stops no member early but a
+        pruned one, whose test split stays unseen, as a pruned job's; its trial is told once its files are
+        written, so that a pack stopped in between leaves the trial to the search, which reads the folder)."""
+        status = "pruned" if self.pruned else "completed"
+        metrics = run_metrics(status, self.cfg.seed, self.system, self.max_epochs, False, self.seconds,
                               final_metrics(self.history, test), self.data, self.predictions, self.origin)
+        if self.pruned:
+            self.log.info("%s: the search pruned this trial after epoch %d of %d", self.out.name, len(self.history),
+                          self.max_epochs)
         # last.ckpt only now: Lightning would resume a run from it (resume=, a sweep started again), and it cannot
         # go on from the pack's state; a finished run is never resumed
         self.save("last.ckpt", len(self.history) - 1)
@@ -209,6 +224,9 @@ class Member:
         for logger in self.loggers:
             logger.finalize("success")
         self.close_log()
+        if self.pruned:
+            self.trial.prune()
+        self.result = metrics
         return metrics
 
     def close_log(self) -> None:

@@ -13,7 +13,8 @@ per-step machinery. Two ways to take a step (`stack`):
   job alone within float rounding, not bit for bit; it is the way for a GPU, where K small matmuls leave it idle.
 
 Each member keeps its own batch order (its seed), optimizer, scheduler, sums and files (task1.pack.member). A
-member whose loss stops being finite is marked failed and leaves the pack; the others go on.
+member whose loss stops being finite is marked failed and leaves the pack; the others go on. So does a member
+whose search trial is pruned (task1.pack.member): it ends at once, as its job alone ends, and trains no more.
 """
 
 import contextlib
@@ -44,9 +45,11 @@ def device_of(cfg: DictConfig) -> str:
     return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
-def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None, stack: str = "loop") -> list[dict]:
+def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None, stack: str = "loop",
+               trials: list | None = None) -> list[dict]:
     """Train the jobs `cfgs` (resolved configs that differ only in packable values: task1.pack.grouping) as one
-    pack; return each one's metrics.json as written (a failed member's says why)."""
+    pack, each reporting to its search trial in `trials` (task1.sweeps.trial.StudyTrial, or None); return each
+    one's metrics.json as written (a failed member's says why)."""
     if stack not in STACKS:
         raise ValueError(f"stack={stack!r}: expected one of {', '.join(STACKS)}")
     first, device = cfgs[0], device_of(cfgs[0])
@@ -58,9 +61,10 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
     if (first.get("figures") or {}).get("enabled"):
         drawer.start()
     members, refused = [], {}
-    for i, (cfg, chosen) in enumerate(zip(cfgs, choices or [None] * len(cfgs), strict=True)):
+    for i, (cfg, chosen, trial) in enumerate(zip(cfgs, choices or [None] * len(cfgs), trials or [None] * len(cfgs),
+                                                 strict=True)):
         try:
-            members.append(Member(cfg, data, chosen, device))
+            members.append(Member(cfg, data, chosen, device, trial))
         except Exception as e:  # this job alone fails (a state it cannot go on from, a logger it cannot build)
             refused[i] = _refused(cfg, e)
     if not members:
@@ -73,13 +77,13 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
             fit(members, data, stack)
     except (KeyboardInterrupt, SystemExit):  # each member's folder says so; its state after its epoch is kept
         for member in members:
-            if member.failed is None:
+            if member.result is None:  # (a failed or pruned one is over)
                 member.interrupted()
         raise
     results = []
     for member in members:
-        if member.failed is not None:
-            results.append(member.failure)
+        if member.result is not None:  # failed, or pruned: its files are written
+            results.append(member.result)
             continue
         try:
             with timed([member]):
@@ -87,7 +91,7 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
             results.append(member.finish(test))
         except Exception as e:  # this member's files: the others still end
             member.fail(e)
-            results.append(member.failure)
+            results.append(member.result)
     drawer.settle()  # every member's figures on disk, as train() leaves a run's
     done = iter(results)
     return [refused[i] if i in refused else next(done) for i in range(len(cfgs))]
@@ -144,11 +148,11 @@ def _deterministic(on: bool):
 
 
 def fit(members: list[Member], data, stack: str) -> None:
-    """Every epoch of every member; a member that fails leaves the pack at once."""
+    """Every epoch of every member; a member that fails, or whose trial is pruned, leaves the pack at once."""
     max_epochs = max(m.max_epochs for m in members)
     eval_batch_size = members[0].cfg.data.eval_batch_size
     for epoch in range(min(m.epochs_done for m in members), max_epochs):
-        active = [m for m in members if m.failed is None and m.epochs_done <= epoch]
+        active = [m for m in members if m.result is None and m.epochs_done <= epoch]
         if not active:
             break
         for m in active:
@@ -173,6 +177,8 @@ def fit(members: list[Member], data, stack: str) -> None:
             try:
                 with timed([m]):
                     m.end_epoch(epoch, metrics)
+                    if m.pruned:  # its files now, as its job alone writes them when pruned: no test split
+                        m.finish({})
             except Exception as e:
                 m.fail(e)
 

@@ -18,7 +18,10 @@ config and the working directory, and where only the main thread takes signals: 
 the main thread. task1's SLURM launcher composes and submits one launch at a time (a lock) and waits for its
 jobs side by side; Ctrl-C ends every wait (the jobs go on). task1's joblib launcher (hydra/launcher=joblib) stops
 its jobs where they stand on Ctrl-C, and they return. A launcher not known here gets batches, as Hydra's own
-sweepers give it. Whatever ends a launch, a trial is told what its job's folder says (task1.sweeps.search).
+sweepers give it; so does task1's packed launcher (hydra/launcher=packed), on purpose: a batch of n_jobs trials
+is what it trains as one pack, in this process and thread (task1.pack.launcher). Trials that an earlier start left
+unfinished are launched again in runs of consecutive numbers, a batch at most, so that a pack stopped mid-run goes
+on as one pack. Whatever ends a launch, a trial is told what its job's folder says (task1.sweeps.search).
 """
 
 import itertools
@@ -87,8 +90,8 @@ class Run:
     """
 
     def __init__(self, search: Any, to_run: int, again: list[tuple] = ()) -> None:
-        # `again`: (trial, overrides) of trials an earlier start left unfinished, launched first, one a launch
-        # (their numbers need not follow each other), and counted in `to_run`
+        # `again`: (trial, overrides) of trials an earlier start left unfinished, launched first (`_again`), and
+        # counted in `to_run`
         self.search, self.to_run, self.again = search, max(0, to_run), list(again)
         self.mode = mode(search.launcher, search.asynchronous)
         self.width = search.n_jobs if self.mode == "asynchronous" else 1  # launches in flight
@@ -115,7 +118,7 @@ class Run:
         try:
             while True:
                 while len(running) < self.width and self.launched < self.to_run and not self.stopped_by:
-                    asked = [self.again.pop(0)] if self.again else [
+                    asked = self._again() if self.again else [
                         ask() for _ in range(min(self.per_launch, self.to_run - self.launched))]
                     first = asked[0][0].number
                     if [t.number for t, _ in asked] != list(range(first, first + len(asked))):
@@ -146,6 +149,14 @@ class Run:
                 ended = not future.cancelled() and future.exception() is None
                 for trial, ret in itertools.zip_longest(trials, future.result() if ended else []):
                     settle(trial, ret)
+
+    def _again(self) -> list[tuple]:
+        """The next launch of trials left unfinished: those whose numbers follow the first's, a launch's worth at
+        most (job N runs trial N: the numbers of a launch must follow each other)."""
+        asked = [self.again.pop(0)]
+        while self.again and len(asked) < self.per_launch and self.again[0][0].number == asked[-1][0].number + 1:
+            asked.append(self.again.pop(0))
+        return asked
 
     def _count(self, position: int, trial: Any, ret: JobReturn, reason: str | None) -> None:
         if reason is None:
