@@ -28,15 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, drawer
-from task1.cli import CONF
+from task1.cli import CONF, compose_conf
 from task1.io import hold, write_json
 from task1.results import read_run
 
@@ -56,11 +52,8 @@ def _compose(primary: Path, config_name: str, overrides: list[str]) -> DictConfi
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    backup = get_gh_backup()  # a notebook may be inside a Hydra initialize() of its own
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(primary), job_name="train", version_base="1.3"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        return compose_conf(overrides, primary, config_name, hydra_node=True)
     except MissingConfigException as e:
         group, _, name = (e.missing_cfg_file or config_name).rpartition("/")
         if not e.options:
@@ -71,8 +64,6 @@ def _compose(primary: Path, config_name: str, overrides: list[str]) -> DictConfi
         lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith(("See ", "\t"))]
         where = f"{e.override}: " if isinstance(e, OverrideParseException) else ""
         raise Task1Error(where + " ".join(lines)) from None
-    finally:
-        restore_gh_from_backup(backup)
 
 
 def _search_path(config_dir: PathLike | Sequence[PathLike]) -> list[str]:

@@ -360,17 +360,20 @@ def _recomposed(hydra_dir: Path, args: list[str]) -> list[str]:
     return [*kept, *args]
 
 
-def _compose_conf(overrides: list[str]) -> DictConfig:
-    """conf/config.yaml composed with `overrides` (no hydra node), as `python -m task1.train` would."""
+def compose_conf(overrides: list[str], primary: Path = CONF, config_name: str = "config",
+                 hydra_node: bool = False) -> DictConfig:
+    """`config_name` of the config folder `primary` composed with `overrides`, as `python -m task1.train` would
+    (with its `hydra` node where `hydra_node`); Hydra's own state, a caller's initialize() too, is left as found.
+    Hydra's mistakes propagate as Hydra raised them."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
 
-    backup = get_gh_backup()
+    backup = get_gh_backup()  # a notebook may be inside a Hydra initialize() of its own
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF), job_name="train", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(primary), job_name="train", version_base="1.3"):
+            return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra_node)
     finally:
         restore_gh_from_backup(backup)
 
@@ -399,7 +402,7 @@ def check_recomposes(hydra_dir: Path, dirs: list[str], args: list[str]) -> None:
     run, groups = hydra_dir.parent, " ".join(group_overrides(args))
     recorded = OmegaConf.to_container(OmegaConf.load(hydra_dir / "hydra.yaml").hydra.overrides.task, resolve=False)
     try:
-        now = dotted(OmegaConf.to_container(_compose_conf([*overrides, *recorded]), resolve=False))
+        now = dotted(OmegaConf.to_container(compose_conf([*overrides, *recorded]), resolve=False))
     except (HydraException, OmegaConfBaseException) as e:
         raise Task1Error(f"{run}: its recorded overrides no longer compose ({error_line(e)}), so it cannot be "
                          f"composed afresh with {groups}: rerun it without {groups}.") from None
