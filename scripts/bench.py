@@ -2,9 +2,11 @@
 
     python scripts/bench.py [--threads 1] [--epochs 3] [--out outputs/bench.json] [--tiny] [paths.data_dir=...]
                             [--startup-only | --job-cost [--job-rounds 2] [--against <checkout>]]
+                            [--epochs-only [--device cuda]]
 
 For softmax regression and the MLP it times, in one process and interleaved (A, B, L, C, A, B, L, C, ...) so
-that machine noise hits all of them alike, all on the CPU (also where a GPU is present):
+that machine noise hits all of them alike, all on the CPU (also where a GPU is present; `--device cuda` runs
+A, B, L and C on the GPU, the data set held there for B, L and C, A copying each batch):
   A  the textbook pipeline: torchvision FashionMNIST with transforms.ToTensor() per item, DataLoader(batch 256,
      shuffle), a plain loop (the book's train_ch3 with its test-set accuracy);
   B  a plain hand-written loop over the same images held in memory as one tensor (the floor), its shuffled
@@ -52,6 +54,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
+from task1 import drawer  # noqa: E402
 from task1.cli import CONF, paths  # noqa: E402
 from task1.core.build import build  # noqa: E402
 from task1.data.fashion_mnist import FILES, prepare_files, read_split  # noqa: E402
@@ -81,18 +84,27 @@ def data_root(tiny: bool, tmp: Path, data_dir: str) -> tuple[Path, str]:
     return tmp, f"generated data ({n_train} train, {n_test} test)"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a clock read after it counts that work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def plain_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, train_batches: Iterable,
                 eval_batches: Iterable) -> tuple[float, float]:
-    """One epoch of the book's loop: SGD over train_batches, then accuracy on eval_batches; (train s, epoch s)."""
+    """One epoch of the book's loop: SGD over train_batches, then accuracy on eval_batches; (train s, epoch s).
+    Batches go to the net's device (the textbook's copy per batch; a no-op for batches already there)."""
+    device = next(net.parameters()).device
     start = time.perf_counter()
     for X, y in train_batches:
-        loss = F.cross_entropy(net(X), y)
+        loss = F.cross_entropy(net(X.to(device)), y.to(device))
         opt.zero_grad()
         loss.backward()
         opt.step()
+    synchronize(device)
     trained = time.perf_counter()
     with torch.no_grad():
-        sum(int((net(X).argmax(dim=1) == y).sum()) for X, y in eval_batches)
+        sum(int((net(X.to(device)).argmax(dim=1) == y.to(device)).sum()) for X, y in eval_batches)
     return trained - start, time.perf_counter() - start
 
 
@@ -106,7 +118,7 @@ class Shuffled:
         return -(-len(self.X) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = torch.randperm(len(self.X))
+        idx = torch.randperm(len(self.X), device=self.X.device)
         for i in range(0, len(self.X), self.batch_size):
             j = idx[i:i + self.batch_size]
             yield self.X.index_select(0, j), self.y.index_select(0, j)
@@ -140,13 +152,13 @@ class EpochTimer(Callback):
         self.seconds.append(time.perf_counter() - self.start)
 
 
-def bare_lightning_epoch(module: Bare, batches: Shuffled) -> tuple[float, float]:
+def bare_lightning_epoch(module: Bare, batches: Shuffled, accelerator: str = "cpu") -> tuple[float, float]:
     """One epoch of L: a fresh bare Trainer fits `module` for one more epoch; (train s, epoch s), the same."""
     timer, lightning_log = EpochTimer(), logging.getLogger("lightning.pytorch")
     level = lightning_log.level
     lightning_log.setLevel(logging.WARNING)  # not the "GPU available" lines of every new Trainer
     try:  # deterministic as C: a Trainer sets torch's flag for the whole process
-        trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+        trainer = L.Trainer(accelerator=accelerator, max_epochs=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
                             limit_val_batches=0, num_sanity_val_steps=0,
                             deterministic=torch.are_deterministic_algorithms_enabled())
@@ -164,21 +176,23 @@ class Interleave(Callback):
         self.train_s: list[float] = []
         self.epoch_s: list[float] = []
 
-    def _close(self) -> None:
+    def _close(self, pl_module) -> None:
+        synchronize(pl_module.device)  # the epoch's queued GPU work counts in it
         if self.start is not None:
             self.epoch_s.append(time.perf_counter() - self.start)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._close()
+        self._close(pl_module)
         self.between()
         self.start = time.perf_counter()
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
+            synchronize(pl_module.device)
             self.train_s.append(time.perf_counter() - self.start)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._close()
+        self._close(pl_module)
 
 
 def compose_cfg(*overrides: str):
@@ -191,17 +205,21 @@ def median_after_warmup(times: list[float], warmup: int) -> float:
     return statistics.median(times[warmup:])
 
 
-def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int) -> dict:
-    """A, B, L and C for one model, interleaved epoch by epoch; median times and the ratios."""
-    cfg = compose_cfg(f"model={model}", f"paths.data_dir={root}", f"threads={threads}", "trainer=cpu",
+def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, warmup: int,
+                device: str = "cpu") -> dict:
+    """A, B, L and C for one model, interleaved epoch by epoch, on `device` (cpu or cuda: the data set held
+    there for B, L and C); median times and the ratios."""
+    accelerator = "gpu" if device == "cuda" else "cpu"
+    cfg = compose_cfg(f"model={model}", f"paths.data_dir={root}", f"threads={threads}", f"trainer={accelerator}",
                       f"trainer.max_epochs={warmup + epochs}", f"output_dir={tmp / model}")
     bs, eval_bs, lr = cfg.data.batch_size, cfg.data.eval_batch_size, cfg.optimizer.lr
     to_tensor = transforms.ToTensor()
     book_train = DataLoader(datasets.FashionMNIST(str(root), train=True, transform=to_tensor), bs, shuffle=True)
     book_test = DataLoader(datasets.FashionMNIST(str(root), train=False, transform=to_tensor), bs)
-    (X, y), (Xt, yt) = read_split(root, train=True), read_split(root, train=False)
+    (X, y), (Xt, yt) = (tuple(v.to(device) for v in read_split(root, train=train))
+                            for train in (True, False))
     test_slices = [(Xt[i:i + eval_bs], yt[i:i + eval_bs]) for i in range(0, len(Xt), eval_bs)]
-    nets = {k: instantiate(cfg.model.net) for k in "AB"}
+    nets = {k: instantiate(cfg.model.net).to(device) for k in "AB"}
     opts = {k: torch.optim.SGD(net.parameters(), lr=lr) for k, net in nets.items()}
     bare = Bare(instantiate(cfg.model.net), lr)
     runs: dict[str, list[tuple[float, float]]] = {"A": [], "B": [], "L": []}
@@ -209,7 +227,7 @@ def bench_model(model: str, root: Path, tmp: Path, threads: int, epochs: int, wa
     def between() -> None:
         runs["A"].append(plain_epoch(nets["A"], opts["A"], book_train, book_test))
         runs["B"].append(plain_epoch(nets["B"], opts["B"], Shuffled(X, y, bs), test_slices))
-        runs["L"].append(bare_lightning_epoch(bare, Shuffled(X, y, bs)))
+        runs["L"].append(bare_lightning_epoch(bare, Shuffled(X, y, bs), accelerator))
 
     timer = Interleave(between)
     datamodule, system, trainer = build(cfg, callbacks=(timer,))[:3]
@@ -320,8 +338,9 @@ def report(result: dict) -> str:
     """The benchmark as a text table."""
     names = {"A": "A textbook", "B": "B hand loop", "L": "L bare fit", "C": "C task1", "C/B": "C/B",
              "L/B": "L/B", "A/C": "A/C"}
-    lines = [f"threads {result['threads']}, {result['data']}, batch 256, median of {result['epochs']} epochs "
-             f"after {result['warmup']} warm-up", f"{'model':<8} {'pipeline':<12} {'train s':>9} {'epoch s':>9}"]
+    lines = [f"{result['device']}, threads {result['threads']}, {result['data']}, batch 256, median of "
+             f"{result['epochs']} epochs after {result['warmup']} warm-up",
+             f"{'model':<8} {'pipeline':<12} {'train s':>9} {'epoch s':>9}"]
     if not result["models"]:
         lines = [f"threads {result['threads']}, {result['data']}"]
     for model, row in result["models"].items():
@@ -353,6 +372,9 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--tiny", action="store_true", help="a few batches of generated data, one timed epoch")
     parser.add_argument("--startup-only", action="store_true", help="only the start-up section")
+    parser.add_argument("--epochs-only", action="store_true", help="only the epoch times (A, B, L, C)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where A, B, L and C train "
+                        "(default cpu)")
     parser.add_argument("--job-cost", action="store_true", help="only the fixed cost of a job: sweeps of 8 softmax "
                         "jobs of 1 and of 3 epochs with the defaults")
     parser.add_argument("--job-rounds", type=int, default=2, help="rounds of the job-cost sweeps, ABBA (default 2)")
@@ -363,18 +385,23 @@ def main() -> None:
     args = parser.parse_args()
     if any(not p.startswith("paths.") for p in args.paths):
         parser.error(f"only paths.data_dir=... and paths.output_dir=... are taken, not {' '.join(args.paths)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: torch {torch.__version__} sees no CUDA GPU")
     where = paths(args.paths)
     out = args.out or ROOT / where["output_dir"] / "bench.json"
     epochs, repeats, rounds = (1, 1, 1) if args.tiny else (args.epochs, args.startup_repeats, args.job_rounds)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root, data = data_root(args.tiny, Path(tmp) / "data", where["data_dir"])
-        result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1, "models": {}}
+        result = {"threads": args.threads, "data": data, "epochs": epochs, "warmup": 1, "device": args.device,
+                  "models": {}}
         if not (args.startup_only or args.job_cost):
-            result["models"] = {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1) for m in args.models}
-        if not args.startup_only:
+            result["models"] = {m: bench_model(m, root, Path(tmp), args.threads, epochs, 1, args.device)
+                                for m in args.models}
+            drawer.settle()  # C's figures written before their folder goes with tmp
+        if not (args.startup_only or args.epochs_only):
             result["job_cost"] = bench_job_cost(root.resolve(), Path(tmp), rounds, args.against)
-        if not args.job_cost:
+        if not (args.job_cost or args.epochs_only):
             result["startup"] = bench_startup(root, Path(tmp), args.threads, repeats)
     print(report(result))
     out.parent.mkdir(parents=True, exist_ok=True)
