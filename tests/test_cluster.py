@@ -483,3 +483,66 @@ def test_a_sweep_and_a_search_recover_from_every_kind_of_fault(slurm, tmp_path):
     injected = [line for line in said if any(f"] {c}: {f}: job (" in line for c in ("sweep", "search")
                                                 for f in faults.FAULTS)]
     assert len(injected) >= len(faults.FAULTS) - 3, said  # (a fault finds no job under way only near the end)
+
+
+# --- packed sweeps on SLURM (hydra.launcher.pack): one SLURM job per pack
+
+PACKED = ["seed=0,1,2,3", "hydra.launcher.pack=2"]
+
+
+def packed_reference(folder: Path, *overrides: str) -> dict[str, dict]:
+    """The same sweep packed in this machine's own process (hydra/launcher=packed), uninterrupted: its finals."""
+    result = run_cli("--multirun", "hydra/launcher=packed", *overrides, f"hydra.sweep.dir={folder}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return finals(folder)
+
+
+def pack_jobs(folder: Path) -> dict[str, list[str]]:
+    """SLURM job id -> the job folders whose `.slurm_job` names it."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("*/.slurm_job")):
+        found.setdefault(path.read_text().strip(), []).append(path.parent.name)
+    return found
+
+
+def test_a_packed_sweep_sends_one_slurm_job_per_pack_and_equals_the_local_packed_launcher(slurm, small, tmp_path):
+    args = [f"paths.data_dir={small}", *QUIET, "trainer.max_epochs=2", *PACKED]
+    with ThreadPoolExecutor(1) as pool:
+        local = pool.submit(packed_reference, tmp_path / "local", *args)
+        result = sweep(slurm, tmp_path / "slurm", *args)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-3000:]
+        assert "submitting 2 jobs to SLURM" in out and out.count("pack of 2:") == 2, out[-3000:]
+        tasks = [p.name for p in (tmp_path / "slurm" / ".submitit").iterdir() if "_" in p.name[1:]]
+        assert len([t for t in tasks if t.replace("_", "").isdigit()]) == 2, tasks  # <array>_<index>: a SLURM job
+        assert sorted(pack_jobs(tmp_path / "slurm").values()) == [["0", "1"], ["2", "3"]]
+        assert all((tmp_path / "slurm" / job / "checkpoints" / "pack_state.ckpt").is_file() for job in "0123")
+        assert finals(tmp_path / "slurm") == local.result()  # bit for bit (stack=loop)
+    assert [status for status, _ in finals(tmp_path / "slurm").values()] == ["completed"] * 4
+
+
+def test_a_killed_pack_resumes_every_member_exactly_and_finished_packs_are_reused(slurm, small, tmp_path):
+    args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "model.num_hiddens=32", "data.batch_size=16",
+            "trainer.max_epochs=30", *PACKED]
+    folder = tmp_path / "slurm"
+    with ThreadPoolExecutor(1) as pool:
+        local = pool.submit(packed_reference, tmp_path / "local", *args)
+        command = start(slurm, folder, *args)
+        # the pack of jobs 0 and 1 has ended an epoch: its process is killed (a node lost; no handler runs)
+        wait_for(lambda: (folder / "1" / "checkpoints" / "pack_state.ckpt").is_file())
+        pid = int((folder / "0" / ".lock").read_text().split()[1])
+        os.kill(pid, signal.SIGKILL)
+        out = command.communicate(timeout=300)[0]
+        assert command.returncode == 0 and "4 jobs, 2 not completed" in out, out[-3000:]
+        status = finals(folder)
+        assert status["0"][0] == status["1"][0] == "interrupted"
+        assert status["2"][0] == status["3"][0] == "completed"
+        done = {p: p.read_bytes() for p in (folder / "2", folder / "3") for p in [p / "metrics.json"]}
+        # the same command again: the killed pack alone goes to SLURM, each member resumes from its pack state
+        again = sweep(slurm, folder, *args)
+        out = again.stdout + again.stderr
+        assert again.returncode == 0 and "submitting 1 job to SLURM" in out and "pack of 2:" in out, out[-3000:]
+        for job in ("0", "1"):
+            assert "resuming after epoch" in log(folder / job)
+        assert {p: p.read_bytes() for p in done} == done  # the finished pack's members reused, untouched
+        assert finals(folder) == local.result()

@@ -42,13 +42,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from task1 import Task1Error, cli, error_line
 from task1.io import holder, read_json, slurm_job_id, write_atomic, write_json
+from task1.pack import PACK_STATE
 from task1.sweeps import folders
 
 log = logging.getLogger("task1")
@@ -63,7 +64,7 @@ REFUSALS = (("gres", "gpus_per_node"), ("generic resource", "gpus_per_node"), ("
             ("partition", "partition"), ("time limit", "timeout_min"), ("account", "account"), ("qos", "qos"),
             ("node configuration", "cpus_per_task"), ("cpu", "cpus_per_task"), ("task", "tasks_per_node"))
 # the launcher's fields that submitit does not take as an sbatch parameter
-OWN = ("submitit_folder", "max_num_timeout", "scheduler_patience_min")
+OWN = ("submitit_folder", "max_num_timeout", "scheduler_patience_min", "pack", "stack")
 SUBMITTED = ".slurm_job"  # in a job's folder: the SLURM job last submitted for it
 RETURN = "job_return.json"  # in a job's folder: what its task function returned (for apps without metrics.json)
 OVER = ("completed", "pruned", "failed")  # a metrics.json status that a job's process ends with
@@ -174,8 +175,9 @@ class SlurmLauncher(Launcher):
             except Task1Error as e:  # one line, as for a job's mistake (task1.train.run)
                 cli.fail(e)
         if running:
-            log.info("waiting for %d SLURM job%s of an earlier start: %s", len(running), "s" * (len(running) > 1),
-                     ", ".join(j.slurm.job_id for j in running))
+            ids = list(dict.fromkeys(j.slurm.job_id for j in running))  # (a pack's members share one)
+            log.info("waiting for %d SLURM job%s of an earlier start: %s", len(ids), "s" * (len(ids) > 1),
+                     ", ".join(ids))
         if not todo and not running:
             log.info("nothing to submit: the %d jobs are over or under way", len(jobs))
         self._inflight.update(j.slurm.job_id for j in todo + running)
@@ -232,13 +234,15 @@ class SlurmLauncher(Launcher):
     def _submit(self, sweep: Path, jobs: list[Job]) -> None:
         import submitit
 
-        groups: dict[str, tuple[dict, list[Job]]] = {}
-        for job in jobs:
-            p = resources(job.cfg, self.params)
-            groups.setdefault(repr(sorted(p.items())), (p, []))[1].append(job)
+        from task1.sweeps.slurm_packs import described, units
+
+        groups: dict[str, tuple[dict, Any, list]] = {}
+        for unit, run, args in units(self, jobs):  # a job alone, or a pack (hydra.launcher.pack): one SLURM job
+            p = resources(unit[0].cfg, self.params)
+            groups.setdefault(repr((sorted(p.items()), run is self)), (p, run, []))[2].append((unit, args))
         submitted = []
         try:
-            for p, group in groups.values():
+            for p, run, group in groups.values():
                 executor = submitit.AutoExecutor(folder=self.params["submitit_folder"], cluster="slurm")
                 executor.update_parameters(**{k if k in BASE else f"slurm_{k}": v for k, v in p.items()
                                               if v is not None})
@@ -246,7 +250,7 @@ class SlurmLauncher(Launcher):
                 log.info("submitting %d job%s to SLURM (%s)", len(group), "s" * (len(group) > 1), _asked(p))
                 try:
                     with contextlib.redirect_stderr(io.StringIO()):  # submitit repeats sbatch's words there
-                        handles = executor.map_array(self, *zip(*[self._args(j) for j in group], strict=True))
+                        handles = executor.map_array(run, *zip(*[args for _, args in group], strict=True))
                 except OSError as e:  # submitit writes each job's pickle and script before sbatch sees them
                     if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
                         raise Task1Error(refusal(e, p)) from None
@@ -255,12 +259,13 @@ class SlurmLauncher(Launcher):
                                      f"command again.") from None
                 except Exception as e:
                     raise Task1Error(refusal(e, p)) from None
-                for job, handle in zip(group, handles, strict=True):
-                    job.slurm = handle
-                    if job.folder.is_dir():  # a start after this one follows it, even before it runs
-                        write_atomic(job.folder / SUBMITTED, handle.job_id)
+                for (unit, _), handle in zip(group, handles, strict=True):
+                    for job in unit:
+                        job.slurm = handle
+                        if job.folder.is_dir():  # a start after this one follows it, even before it runs
+                            write_atomic(job.folder / SUBMITTED, handle.job_id)
                     submitted.append(handle.job_id)
-                    log.info("\t#%d %s: %s", job.num, handle.job_id, " ".join(filter_overrides(job.overrides)))
+                    log.info("\t%s %s: %s", " ".join(f"#{j.num}" for j in unit), handle.job_id, described(unit))
         except Task1Error:
             if submitted:
                 _run(["scancel", *submitted])
@@ -291,7 +296,8 @@ class SlurmLauncher(Launcher):
                     self._unanswered(trouble, patience)
                 for job in pending:
                     self._poll(job, None if trouble else states.get(job.slurm.job_id), known=not trouble)
-                    if job.ret is not None:
+                    ended = all(o.ret is not None for o in jobs if o.slurm.job_id == job.slurm.job_id)
+                    if ended:  # (a pack's SLURM job: once all its members ended)
                         self._inflight.discard(job.slurm.job_id)
                 if any(j.ret is None for j in jobs):
                     self._stop.wait(min(30.0, max(1.0, (time.monotonic() - start) / 20)))
@@ -370,7 +376,8 @@ class SlurmLauncher(Launcher):
         the sweep goes on, as for a failed job."""
         metrics = folders.read_metrics(job.folder)
         if metrics.get("status") not in ("completed", "pruned", "failed") and not folders.held(job.folder):
-            last = job.folder / "checkpoints" / "last.ckpt"
+            last = next((c for c in (job.folder / "checkpoints" / n for n in ("last.ckpt", PACK_STATE))
+                         if c.is_file()), job.folder / "checkpoints" / "last.ckpt")
             again = (f"Run the same command again to resume it from {last}" if last.is_file()
                      else "Run the same command again to train it")
             write_json(job.folder / "metrics.json", {**metrics, "status": "interrupted", "error": f"{why}. {again}.",
