@@ -12,13 +12,17 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 import torch
 from conftest import ROOT, make_fashion_mnist, run_cli
 from optuna.trial import TrialState
-from test_packed import files
+from test_packed import files, job
 from test_search import SEARCH, study_of
 from test_sweeps import jobs_of, sweep_cli
+
+from task1.pack.trainer import train_pack
+from task1.sweeps.trial import StudyTrial
 
 # lr decides the ending, weight_decay (packable, searched by the preset) makes each trial its own; one width
 PACKED = [*SEARCH, "optimizer.lr=choice(0.0001,0.5)", "model.num_hiddens=32", "hydra.sweeper.n_jobs=4",
@@ -29,6 +33,22 @@ ENDING = {0.0001: TrialState.PRUNED, 0.5: TrialState.COMPLETE}
 def trials_of(sweep) -> list[tuple]:
     """What the study holds of each trial: number, parameters, state, value, intermediate values."""
     return [(t.number, t.params, t.state, t.value, t.intermediate_values) for t in study_of(sweep).trials]
+
+
+def test_a_member_whose_trial_is_pruned_stops_there_and_the_others_go_on(fake_root, tmp_path):
+    # a real study in memory: after its first epoch, a trial under val/acc 0.5 is pruned (its last one is not judged)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    quiet = ["logger=none", "figures.enabled=false", "optimized_metric=val/acc"]
+    cfgs = [job(tmp_path, fake_root, str(i), *quiet, f"optimizer.lr={lr}")[1] for i, lr in enumerate((1e-4, 0.5, 1e-4))]
+    trials = [StudyTrial(study.ask()) for _ in cfgs]
+    results = train_pack(cfgs, trials=trials)
+    assert [r["status"] for r in results] == ["pruned", "completed", "pruned"]
+    assert [r["epochs"] for r in results] == [1, 2, 1] and "test/acc" not in results[0]["final"]
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.RUNNING, TrialState.PRUNED]  # the
+    for t, r in zip(study.trials, results, strict=True):  # search tells the completed one, from its folder
+        assert t.intermediate_values == {e["epoch"] - 1: e["val/acc"] for e in r["history"]}
+    # a pruned member takes no step after it: its last checkpoint is that of its first epoch
+    assert torch.load(tmp_path / "0" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
 @pytest.fixture(scope="module")
