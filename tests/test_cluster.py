@@ -521,28 +521,48 @@ def test_a_packed_sweep_sends_one_slurm_job_per_pack_and_equals_the_local_packed
     assert [status for status, _ in finals(tmp_path / "slurm").values()] == ["completed"] * 4
 
 
-def test_a_killed_pack_resumes_every_member_exactly_and_finished_packs_are_reused(slurm, small, tmp_path):
+@pytest.fixture(scope="module")
+def long_packs(small, tmp_path_factory) -> tuple[list[str], dict]:
+    """Two packs of two jobs each, some seconds an epoch, and their uninterrupted packed results."""
     args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "model.num_hiddens=32", "data.batch_size=16",
             "trainer.max_epochs=30", *PACKED]
+    return args, packed_reference(tmp_path_factory.mktemp("packed"), *args)
+
+
+def test_a_killed_pack_resumes_every_member_exactly_and_finished_packs_are_reused(slurm, long_packs, tmp_path):
+    args, uninterrupted = long_packs
     folder = tmp_path / "slurm"
-    with ThreadPoolExecutor(1) as pool:
-        local = pool.submit(packed_reference, tmp_path / "local", *args)
-        command = start(slurm, folder, *args)
-        # the pack of jobs 0 and 1 has ended an epoch: its process is killed (a node lost; no handler runs)
-        wait_for(lambda: (folder / "1" / "checkpoints" / "pack_state.ckpt").is_file())
-        pid = int((folder / "0" / ".lock").read_text().split()[1])
-        os.kill(pid, signal.SIGKILL)
-        out = command.communicate(timeout=300)[0]
-        assert command.returncode == 0 and "4 jobs, 2 not completed" in out, out[-3000:]
-        status = finals(folder)
-        assert status["0"][0] == status["1"][0] == "interrupted"
-        assert status["2"][0] == status["3"][0] == "completed"
-        done = {p: p.read_bytes() for p in (folder / "2", folder / "3") for p in [p / "metrics.json"]}
-        # the same command again: the killed pack alone goes to SLURM, each member resumes from its pack state
-        again = sweep(slurm, folder, *args)
-        out = again.stdout + again.stderr
-        assert again.returncode == 0 and "submitting 1 job to SLURM" in out and "pack of 2:" in out, out[-3000:]
-        for job in ("0", "1"):
-            assert "resuming after epoch" in log(folder / job)
-        assert {p: p.read_bytes() for p in done} == done  # the finished pack's members reused, untouched
-        assert finals(folder) == local.result()
+    command = start(slurm, folder, *args)
+    # the pack of jobs 0 and 1 has ended an epoch: its process is killed (a node lost; no handler runs)
+    wait_for(lambda: (folder / "1" / "checkpoints" / "pack_state.ckpt").is_file())
+    pid = int((folder / "0" / ".lock").read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    out = command.communicate(timeout=300)[0]
+    assert command.returncode == 0 and "4 jobs, 2 not completed" in out, out[-3000:]
+    status = finals(folder)
+    assert status["0"][0] == status["1"][0] == "interrupted"
+    assert status["2"][0] == status["3"][0] == "completed"
+    done = {p: p.read_bytes() for p in (folder / "2" / "metrics.json", folder / "3" / "metrics.json")}
+    # the same command again: the killed pack alone goes to SLURM, each member resumes from its pack state
+    again = sweep(slurm, folder, *args)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "submitting 1 job to SLURM" in out and "pack of 2:" in out, out[-3000:]
+    for job in ("0", "1"):
+        assert "resuming after epoch" in log(folder / job)
+    assert {p: p.read_bytes() for p in done} == done  # the finished pack's members reused, untouched
+    assert finals(folder) == uninterrupted
+
+
+def test_a_preempted_pack_requeues_itself_and_resumes_every_member_exactly(slurm, long_packs, tmp_path):
+    args, uninterrupted = long_packs
+    command = start(slurm, tmp_path, *args)
+    wait_for(lambda: (tmp_path / "1" / "checkpoints" / "pack_state.ckpt").is_file())
+    job = (tmp_path / "0" / ".slurm_job").read_text().strip()
+    subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True)  # preempted, with a warning
+    out = command.communicate(timeout=600)[0]
+    assert command.returncode == 0 and "4 jobs, 0 not completed" in out, out[-3000:]
+    said = "".join(p.read_text() for p in (tmp_path / ".submitit" / job).glob("*.out"))
+    assert "SIGUSR1: preempted: requeueing SLURM job" in said, said[-3000:]
+    for member in ("0", "1"):
+        assert "resuming after epoch" in log(tmp_path / member)
+    assert finals(tmp_path) == uninterrupted
