@@ -21,6 +21,8 @@
   (the jobs go on; the same command again collects them).
 - A request the cluster refuses, or a job pending for a reason that cannot clear, ends in one line naming the
   launcher's field; Ctrl-C says how to watch, collect and cancel the jobs, which go on.
+- `pack` > 1: the jobs that can share a pack are one SLURM job per pack, each member followed as a job is
+  (task1.sweeps.slurm_packs).
 """
 
 import contextlib
