@@ -35,13 +35,14 @@ def trials_of(sweep) -> list[tuple]:
     return [(t.number, t.params, t.state, t.value, t.intermediate_values) for t in study_of(sweep).trials]
 
 
-def test_a_member_whose_trial_is_pruned_stops_there_and_the_others_go_on(fake_root, tmp_path):
+@pytest.mark.parametrize("stack", ["loop", "vmap"])
+def test_a_member_whose_trial_is_pruned_stops_there_and_the_others_go_on(fake_root, tmp_path, stack):
     # a real study in memory: after its first epoch, a trial under val/acc 0.5 is pruned (its last one is not judged)
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     quiet = ["logger=none", "figures.enabled=false", "optimized_metric=val/acc"]
     cfgs = [job(tmp_path, fake_root, str(i), *quiet, f"optimizer.lr={lr}")[1] for i, lr in enumerate((1e-4, 0.5, 1e-4))]
     trials = [StudyTrial(study.ask()) for _ in cfgs]
-    results = train_pack(cfgs, trials=trials)
+    results = train_pack(cfgs, stack=stack, trials=trials)
     assert [r["status"] for r in results] == ["pruned", "completed", "pruned"]
     assert [r["epochs"] for r in results] == [1, 2, 1] and "test/acc" not in results[0]["final"]
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.RUNNING, TrialState.PRUNED]  # the
