@@ -1,7 +1,8 @@
 """A search job's side of its Optuna trial: opened from the study's storage, reported to, pruned.
 
-Imported only by a job of task1's Optuna sweeper (task1.sweeps.search), so that training imports Optuna only
-then. The job finds its trial in its own Hydra config: the sweeper's storage and study (`hydra.sweeper`) and
+Imported only by a job of task1's Optuna sweeper (task1.sweeps.search), or by a packed launcher's member that is
+one (task1.pack.launcher), so that training imports Optuna only then. The job finds its trial in its own Hydra
+config (for a member: while Hydra's run_job prepares it): the sweeper's storage and study (`hydra.sweeper`) and
 its job number, which is the trial's number. Relies on Optuna's storage API (`get_study_id_from_name`,
 `get_trial_id_from_study_id_trial_number`) and on building an `optuna.Trial(study, trial_id)` for a trial
 another process asked for, which is what Optuna's own workers hold in `study.optimize`; tests/test_search.py
