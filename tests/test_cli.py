@@ -113,6 +113,7 @@ def test_lightning_still_has_what_the_short_cuts_rely_on():
     assert shortcuts.check() == []
 
 
+@pytest.mark.slow
 def test_one_command_lists_its_subcommands_and_each_explains_itself(tmp_path):
     from task1.__main__ import COMMANDS
 

@@ -60,8 +60,9 @@ def test_eval_help_explains_and_exits_0():
 @pytest.mark.parametrize(("args", "message"), [
     (["data.eval_batch_sizee=7"], "data.eval_batch_sizee is not a key of the checkpoint's run config. Did you mean "
                                   "data.eval_batch_size?"),
-    (["data.eval_batch_size=0"], "data.eval_batch_size=0 is not allowed: expected an integer >= 1."),
-    (["split=train"], "split=train is not allowed: expected test or val."),
+    pytest.param(["data.eval_batch_size=0"], "data.eval_batch_size=0 is not allowed: expected an integer >= 1.",
+                 marks=pytest.mark.slow),  # the first case is the quick tier's
+    pytest.param(["split=train"], "split=train is not allowed: expected test or val.", marks=pytest.mark.slow),
 ])
 def test_eval_refuses_bad_overrides_in_one_line_and_writes_nothing(make_cfg, tmp_path, args, message):
     train(make_cfg("figures.enabled=false"))
@@ -69,6 +70,7 @@ def test_eval_refuses_bad_overrides_in_one_line_and_writes_nothing(make_cfg, tmp
     assert message in out and not (tmp_path / "eval").exists()
 
 
+@pytest.mark.slow
 def test_eval_scores_either_split_and_writes_metrics_and_figures_beside_what_it_prints(make_cfg, tmp_path):
     metrics = train(make_cfg("trainer.max_epochs=2", "data.val_size=100", "figures.enabled=false"))
     last = tmp_path / "checkpoints" / "last.ckpt"

@@ -63,7 +63,8 @@ def test_every_trainer_composes(trainer):
     assert isinstance(instantiate(cfg.trainer, logger=False, enable_checkpointing=False), Trainer)
 
 
-@pytest.mark.parametrize("logger", [*GROUPS["logger"], "[tensorboard,csv]"])
+@pytest.mark.parametrize("logger", [*(pytest.param(g, marks=pytest.mark.slow) if g == "mlflow" else g
+                                       for g in GROUPS["logger"]), "[tensorboard,csv]"])
 def test_every_logger_instantiates(logger, tmp_path):
     cfg = compose_cfg(f"logger={logger}", f"output_dir={tmp_path}", f"paths.output_dir={tmp_path}")
     built = build_all("logger", cfg.logger)

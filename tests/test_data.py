@@ -209,6 +209,7 @@ runpy.run_module("task1.tools.show", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_show_without_the_data_leaves_no_data_folder_behind(tmp_path):
     cwd = tmp_path / "here"
     cwd.mkdir()

@@ -56,7 +56,7 @@ def test_a_full_disk_ends_in_one_line(tmp_path):
         subprocess.run(["umount", str(disk)], check=True)
 
 
-@pytest.mark.parametrize("mode", ["run", "sweep"])
+@pytest.mark.parametrize("mode", [pytest.param("run", marks=pytest.mark.slow), "sweep"])
 def test_the_folder_checked_is_the_folder_used(tmp_path, mode):
     # the default folders are named by ${now:...}: checked and used, it is resolved once, so there is one folder
     # (a run with a mistake in its config leaves no folder: this one fails later, on data that is not there)

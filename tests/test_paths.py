@@ -33,6 +33,7 @@ def test_a_wrong_type_of_path_is_named(make_cfg):
         train(make_cfg("paths.output_dir=[1,2]"))
 
 
+@pytest.mark.slow
 def test_train_reads_the_data_and_writes_the_run_where_the_environment_says(fake_root, tmp_path):
     result = run_cli(*TINY, env={"TASK1_DATA_DIR": str(fake_root), "TASK1_OUTPUT_DIR": str(tmp_path / "out")})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

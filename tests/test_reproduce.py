@@ -88,6 +88,7 @@ def test_the_config_makes_the_books_update(name):
                    for p, q in zip(ours.parameters(), naive.parameters(), strict=True))
 
 
+@pytest.mark.slow
 def test_reproduce_3_2_passes_and_writes_the_table(tmp_path, capsys):
     status = reproduce(["--experiments", "d2l_3_2_linear_scratch", "--out", str(tmp_path), "logger=none"])
     out = capsys.readouterr().out
@@ -155,6 +156,7 @@ def test_reproduce_judges_the_completed_seeds_and_names_the_others(tmp_path):
     assert "| d2l_3_3_linear_concise | Dive-into-DL-PyTorch 3.3 | loss |" in table
 
 
+@pytest.mark.slow
 def test_reproduce_reads_the_data_and_writes_its_folder_where_paths_say(tmp_path):
     data = make_fashion_mnist(tmp_path / "elsewhere")
     status = reproduce(["--experiments", "d2l_3_2_linear_scratch,d2l_3_6_softmax_scratch", "--seeds", "0",

@@ -129,6 +129,7 @@ def edit(path, **values) -> None:
     path.write_text(yaml.safe_dump({**config, **values}, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_resume_refuses_what_would_change_the_run_and_accepts_more_epochs(args, uninterrupted, tmp_path):
     run = tmp_path / "run"
     kill_mid_epoch(args, run)

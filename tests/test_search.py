@@ -170,6 +170,7 @@ def test_a_mistake_in_the_search_is_one_line(fake_root, tmp_path):
     assert "Traceback" not in out and not (tmp_path / "sweep" / "0").exists()
 
 
+@pytest.mark.slow
 def test_a_search_where_every_trial_failed_exits_1_after_its_report(fake_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("--multirun", *SEARCH, "optimizer.lr=choice(-1,-2)", "hydra.sweeper.n_trials=2",

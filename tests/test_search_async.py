@@ -56,7 +56,8 @@ def run_waiting(tmp_path, launcher: str, asynchronous: bool, patience: float) ->
     return {"starts": starts, "ends": ends}, study
 
 
-@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+@pytest.mark.parametrize("launcher", [pytest.param(n, marks=pytest.mark.slow) if n == "submitit_local" else n
+                                      for n in LAUNCHERS])
 def test_trials_start_as_soon_as_one_ends(tmp_path, launcher):
     times, study = run_waiting(tmp_path, launcher, asynchronous=True, patience=240)
     assert times["ends"][0]["saw_trial_3"]  # trials 1, 2, 3 ran one after the other beside trial 0

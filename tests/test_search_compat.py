@@ -126,7 +126,7 @@ def dominates(a: list[float], b: list[float]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
 
-@pytest.mark.parametrize("with_commandline", [True, False])
+@pytest.mark.parametrize("with_commandline", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_sphere_example_finds_its_minimum(tmp_path, with_commandline):
     storage, sweep = f"sqlite:///{tmp_path / 'test.db'}", tmp_path / "sweep"
     extra = ["x=choice(0, 1, 2)", "y=0"] if with_commandline else []
@@ -140,7 +140,7 @@ def test_sphere_example_finds_its_minimum(tmp_path, with_commandline):
     assert found["n_trials"] == 20 and found["states"] == {"complete": 20}
 
 
-@pytest.mark.parametrize("with_commandline", [True, False])
+@pytest.mark.parametrize("with_commandline", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_multi_objective_example_writes_its_pareto_front(tmp_path, with_commandline):
     sweep = tmp_path / "sweep"
     extra = ["x=range(0, 5)", "y=range(0, 3)"] if with_commandline else []

@@ -110,6 +110,7 @@ def test_loss_step_is_the_per_example_mean_also_when_the_sum_is_minimised(make_c
     assert steps["sum"][0] == pytest.approx(math.log(10), rel=0.01)  # softmax over 10 classes, weights near 0
 
 
+@pytest.mark.slow
 def test_multirun_sweeps_jobs_into_their_own_folders(fake_root, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", "task1.train", "-m", f"data.root={fake_root}", "trainer=cpu", "trainer.max_epochs=1",
