@@ -523,9 +523,9 @@ def test_a_packed_sweep_sends_one_slurm_job_per_pack_and_equals_the_local_packed
 
 @pytest.fixture(scope="module")
 def long_packs(small, tmp_path_factory) -> tuple[list[str], dict]:
-    """Two packs of two jobs each, some seconds an epoch, and their uninterrupted packed results."""
+    """Two packs of two jobs each, some 20 s each here, and their uninterrupted packed results."""
     args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "model.num_hiddens=32", "data.batch_size=16",
-            "trainer.max_epochs=30", *PACKED]
+            "trainer.max_epochs=60", *PACKED]
     return args, packed_reference(tmp_path_factory.mktemp("packed"), *args)
 
 
@@ -565,4 +565,19 @@ def test_a_preempted_pack_requeues_itself_and_resumes_every_member_exactly(slurm
     assert "SIGUSR1: preempted: requeueing SLURM job" in said, said[-3000:]
     for member in ("0", "1"):
         assert "resuming after epoch" in log(tmp_path / member)
+    assert finals(tmp_path) == uninterrupted
+
+
+def test_a_packed_sweep_started_again_after_ctrl_c_adopts_its_running_packs(slurm, long_packs, tmp_path):
+    args, uninterrupted = long_packs
+    command = start(slurm, tmp_path, *args)
+    wait_for(lambda: (tmp_path / "1" / "checkpoints" / "pack_state.ckpt").is_file())
+    command.send_signal(signal.SIGINT)
+    out = command.communicate(timeout=60)[0]
+    assert command.returncode == 130 and out.count("Interrupted: the SLURM jobs go on") == 1, out[-3000:]
+    # the same command again follows the two packs (one SLURM job each, named by all their members' folders)
+    again = sweep(slurm, tmp_path, *args)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0 and "waiting for 2 SLURM jobs of an earlier start" in out, out[-3000:]
+    assert "submitting" not in out and len(pack_jobs(tmp_path)) == 2
     assert finals(tmp_path) == uninterrupted
