@@ -14,7 +14,7 @@
 # Data: the real Fashion-MNIST in ${TASK1_DATA_DIR:-data} where it is there, else generated data of the same shape
 # (on the CPU: small generated data, always). The table says which.
 # Settings (environment): GPU_CHECK_MEMBERS (members of each pack: 64; cpu 4), GPU_CHECK_ALONE (of them, how many
-# are trained one after another: 8; cpu 2), GPU_CHECK_EPOCHS (2; cpu 1), GPU_CHECK_STACK (vmap), GPU_CHECK_BUDGET_S
+# are trained one after another: 8; cpu 3), GPU_CHECK_EPOCHS (2; cpu 1), GPU_CHECK_STACK (vmap), GPU_CHECK_BUDGET_S
 # (270: the steps' own), GPU_CHECK_OUT (where the runs, logs, table.txt and gpu_check.json go: a new folder under
 # ${TASK1_OUTPUT_DIR:-outputs}/gpu_check/), PYTHON (default: the checkout's .venv, else python3).
 set -u
@@ -60,7 +60,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench import data_root, job_starts  # noqa: E402
 
 MEMBERS = int(os.environ.get("GPU_CHECK_MEMBERS", 4 if CPU else 64))
-ALONE = min(MEMBERS, int(os.environ.get("GPU_CHECK_ALONE", 2 if CPU else 8)))
+ALONE = min(MEMBERS, int(os.environ.get("GPU_CHECK_ALONE", 3 if CPU else 8)))
 EPOCHS = int(os.environ.get("GPU_CHECK_EPOCHS", 1 if CPU else 2))
 STACK = os.environ.get("GPU_CHECK_STACK", "vmap")
 BUDGET = float(os.environ.get("GPU_CHECK_BUDGET_S", 270))

@@ -11,8 +11,8 @@ from conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 PARTS = ["train trainer=cpu 32-true", "train trainer=cpu bf16-mixed", "eval (trainer=cpu)",
-         "softmax: packed, 4 members (vmap)", "softmax: 2 of them one after another",
-         "mlp: packed, 4 members (vmap)", "mlp: 2 of them one after another", "scripts/bench.py --device cpu"]
+         "softmax: packed, 4 members (vmap)", "softmax: 3 of them one after another",
+         "mlp: packed, 4 members (vmap)", "mlp: 3 of them one after another", "scripts/bench.py --device cpu"]
 
 
 def gpu_check(tmp_path, timeout: int, **env: str) -> subprocess.CompletedProcess:
@@ -47,7 +47,7 @@ def test_gpu_check_runs_every_step_on_the_cpu_and_prints_one_table(tmp_path):
     for model in ("softmax", "mlp"):  # trials per second of both, and the pack's against one after another
         packed = rows[f"{model}: packed, 4 members (vmap)"][3]
         assert re.search(r"trials/s; test/acc .*; \d+\.\dx one after another", packed), packed
-        assert "trials/s between job starts" in rows[f"{model}: 2 of them one after another"][3]
+        assert "trials/s between job starts" in rows[f"{model}: 3 of them one after another"][3]
     saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert [r["part"] for r in saved["rows"]] == PARTS and all(r["ok"] for r in saved["rows"])
     assert (tmp_path / "out" / "table.txt").read_text().strip() == result.stdout.strip()
