@@ -529,14 +529,18 @@ def long_packs(small, tmp_path_factory) -> tuple[list[str], dict]:
     return args, packed_reference(tmp_path_factory.mktemp("packed"), *args)
 
 
-def test_a_killed_pack_resumes_every_member_exactly_and_finished_packs_are_reused(slurm, long_packs, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "scancel"])
+def test_a_killed_pack_resumes_every_member_exactly_and_finished_packs_are_reused(slurm, long_packs, tmp_path, how):
     args, uninterrupted = long_packs
     folder = tmp_path / "slurm"
     command = start(slurm, folder, *args)
-    # the pack of jobs 0 and 1 has ended an epoch: its process is killed (a node lost; no handler runs)
+    # the pack of jobs 0 and 1 has ended an epoch: its process is killed (a node lost; no handler runs), or its
+    # SLURM job cancelled (SIGTERM: the pack stops at once)
     wait_for(lambda: (folder / "1" / "checkpoints" / "pack_state.ckpt").is_file())
-    pid = int((folder / "0" / ".lock").read_text().split()[1])
-    os.kill(pid, signal.SIGKILL)
+    if how == "SIGKILL":
+        os.kill(int((folder / "0" / ".lock").read_text().split()[1]), signal.SIGKILL)
+    else:
+        subprocess.run(["scancel", (folder / "0" / ".slurm_job").read_text().strip()], env=slurm, check=True)
     out = command.communicate(timeout=300)[0]
     assert command.returncode == 0 and "4 jobs, 2 not completed" in out, out[-3000:]
     status = finals(folder)
@@ -581,3 +585,39 @@ def test_a_packed_sweep_started_again_after_ctrl_c_adopts_its_running_packs(slur
     assert again.returncode == 0 and "waiting for 2 SLURM jobs of an earlier start" in out, out[-3000:]
     assert "submitting" not in out and len(pack_jobs(tmp_path)) == 2
     assert finals(tmp_path) == uninterrupted
+
+
+def test_a_pack_warned_before_it_ends_an_epoch_is_not_requeued_and_its_members_say_why(slurm, small, tmp_path):
+    # epochs of some seconds (a batch of one example): the warning comes while the pack trains its first epoch
+    args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "data.batch_size=1", "trainer.max_epochs=2", "seed=0,1",
+            "hydra.launcher.pack=2"]
+    command = start(slurm, tmp_path, *args)
+    wait_for(lambda: "SLURM job" in holder_of(tmp_path / "1"), every=0.1)
+    subprocess.run(["scancel", "--signal=USR2", (tmp_path / "0" / ".slurm_job").read_text().strip()], env=slurm,
+                   check=True)
+    out = command.communicate(timeout=300)[0]
+    assert command.returncode == 0 and "2 jobs, 2 not completed" in out, out[-3000:]
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and "before the pack ended an epoch" in metrics["error"], metrics
+        assert "Raise hydra.launcher.timeout_min" in metrics["error"]
+    assert "requeueing" not in "".join(p.read_text() for p in (tmp_path / ".submitit").glob("*/*.out"))
+
+
+def holder_of(folder: Path) -> str:
+    try:
+        return (folder / ".lock").read_text()
+    except OSError:
+        return ""
+
+
+@pytest.mark.parametrize("override, said", [
+    ("hydra.launcher.pack=0", "hydra.launcher.pack=0 is not allowed: expected the most members in a pack"),
+    ("hydra.launcher.stack=fused", "hydra.launcher.stack=fused is not allowed: expected one of loop, vmap."),
+])
+def test_a_bad_pack_setting_is_one_line_before_anything_is_submitted(small, tmp_path, override, said):
+    result = run_cli("--multirun", "hydra/launcher=slurm", "hydra.launcher.pack=2", override, "seed=0,1",
+                     f"paths.data_dir={small}", *QUIET, f"hydra.sweep.dir={tmp_path}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 1 and said in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]
+    assert not (tmp_path / ".submitit").exists()
