@@ -20,6 +20,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,7 @@ class Job:
         try:
             if os.path.exists(self.stop_file):
                 return None  # the command stopped before this job began: record_stop says so in its folder
-            signal.signal(signal.SIGINT, _once)
+            signal.signal(signal.SIGINT, _once())
             try:
                 return self.task_function(cfg)
             except KeyboardInterrupt:  # before the job's training took it: its folder says where it stands
@@ -107,9 +108,19 @@ class Job:
                 folders.release(run_dir(cfg))  # a job that did not get to its folder's hold lets it go (record_stop)
 
 
-def _once(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise KeyboardInterrupt
+def _once() -> Callable[[int, Any], None]:
+    """A SIGINT handler that raises KeyboardInterrupt the first time only. Not SIG_IGN after the first: Lightning,
+    having taken that one, puts back the handler it found when its fit began (this one), and the command's SIGINT
+    to its workers may come after the terminal's by then (a loaded machine); it would stop the job a second time,
+    wherever it stands (in recording how it stopped, or in a __del__ that prints it as a traceback)."""
+    taken = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if not taken:
+            taken.append(signum)
+            raise KeyboardInterrupt
+
+    return handler
 
 
 def children() -> list[int]:
