@@ -621,3 +621,18 @@ def test_a_bad_pack_setting_is_one_line_before_anything_is_submitted(small, tmp_
     out = result.stdout + result.stderr
     assert result.returncode == 1 and said in out.strip().splitlines()[-1] and "Traceback" not in out, out[-3000:]
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_a_pack_longer_than_its_time_limit_is_requeued_and_resumes_exactly(slurm, small, tmp_path):
+    # a pack of some 70 s here: the warning (15 s before the 1-minute limit) stops its first start
+    args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "model.num_hiddens=32", "data.batch_size=16",
+            "trainer.max_epochs=250", "seed=0,1", "hydra.launcher.pack=2"]
+    with ThreadPoolExecutor(1) as pool:
+        uninterrupted = pool.submit(packed_reference, tmp_path / "local", *args)
+        result = sweep(slurm, tmp_path / "slurm", *args, "hydra.launcher.timeout_min=1")
+        out = result.stdout + result.stderr
+        assert result.returncode == 0 and "2 jobs, 0 not completed" in out, out[-3000:]
+        said = "".join(p.read_text() for p in (tmp_path / "slurm" / ".submitit").glob("*/*.out"))
+        assert "SIGUSR2: the time limit is near: requeueing SLURM job" in said, said[-3000:]
+        assert "resuming after epoch" in log(tmp_path / "slurm" / "0")
+        assert finals(tmp_path / "slurm") == uninterrupted.result()

@@ -12,9 +12,9 @@ once, and a member adds only its weights, its optimizer's state and its sums (se
 What a cluster does to a pack:
 - Killed (scancel, SIGTERM, SIGKILL, a node lost): each member keeps `checkpoints/pack_state.ckpt`, its state after
   its latest epoch. The same command again resumes every unfinished member from it, finished members reused.
-- Warned before the time limit, or preempted (SIGUSR2, SIGUSR1): the pack stops at once (each member's folder
-  says interrupted, its state after its latest epoch kept: a pack resumes from epochs, so going on to the limit
-  would keep nothing more) and the job requeues itself if it made progress: if any member wrote its
+- Warned before the time limit, or preempted (SIGUSR2, SIGUSR1): the pack stops (preempted: at once; warned:
+  `signal_delay_s` before the limit, as a job does), each member's folder says interrupted, its state after its
+  latest epoch kept, and the job requeues itself if it made progress: if any member wrote its
   pack_state.ckpt since the job's process started, that is, the pack ended an epoch. Otherwise it could not end an
   epoch within the time limit, and would never get further: its members are marked failed, saying so.
 """
@@ -106,28 +106,40 @@ class PackJob:
         packed.setup(hydra_context=slurm.hydra_context, task_function=slurm.task_function, config=slurm.config)
         try:
             packed.run([(num, list(overrides)) for num, overrides in members])
+            signal.setitimer(signal.ITIMER_REAL, 0)  # (a warning that came once the pack was nearly done)
         except SystemExit:
             if stop:  # a warning signal: requeue, or say why not; SIGTERM's end is the submitter's to see
-                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-                signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                for sig in (signal.SIGUSR1, signal.SIGUSR2):
+                    signal.signal(sig, signal.SIG_IGN)
                 stopped([slurm._job(num, list(o)).folder for num, o in members], stop["why"], started)
             raise
 
 
 def stop_on_warnings(stop: dict, params: dict[str, Any]) -> None:
-    """SIGUSR1 and SIGUSR2 end the pack at once, as SIGTERM does (task1.pack.trainer keeps each member's state
-    after its latest epoch); `stop["why"]` says which, for the log and the requeue."""
+    """SIGUSR1 and SIGUSR2 end the pack as SIGTERM does (task1.pack.trainer keeps each member's state after its
+    latest epoch): a preemption at once; the time limit's warning, which SLURM sends up to a minute early, once
+    `signal_delay_s` are left (SIGALRM then). `stop["why"]` says which, for the log and the requeue."""
     from task1.sweeps.slurm import _end_time, signal_delay
 
     end, delay = _end_time(), signal_delay(params)
 
     def on_warning(signum: int, frame) -> None:
-        near = end is not None and end - time.time() <= delay + 90
+        now = time.time()
+        near = end is not None and end - now <= delay + 90
         stop["why"] = f"{signal.Signals(signum).name}: {'the time limit is near' if near else 'preempted'}"
-        raise SystemExit(128 + signum)
+        if near and end - delay > now + 1:  # (the pack trains on till then: it may end another epoch)
+            signal.signal(signal.SIGALRM, lambda *_: _end(signum))
+            signal.setitimer(signal.ITIMER_REAL, end - delay - now)
+            return
+        _end(signum)
 
     for sig in (signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, on_warning)
+
+
+def _end(signum: int) -> None:
+    raise SystemExit(128 + signum)
 
 
 def stopped(members: list[Path], why: str, started: float) -> None:
