@@ -39,7 +39,8 @@ def a_sweep(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["help", "cfg", "bad value", "unknown key", "trainer key typo", "lr_schedule",
-                                  "summarize", "curves", "reproduce --no-run", "show"])
+                                  "summarize", "curves", "reproduce --no-run",
+                                  pytest.param("show", marks=pytest.mark.slow)])  # show's run: test_figures.py
 def test_quick_commands_do_not_import_lightning(tmp_path, fake_root, case):
     commands = {
         "help": (0, "task1.train", "--help"),

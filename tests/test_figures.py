@@ -106,6 +106,7 @@ def test_show_plots_synthetic_data_against_each_feature(tmp_path):
     assert png_size(path) == (720, 320)  # two features
 
 
+@pytest.mark.slow
 def test_curves_overlays_the_jobs_of_a_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", "task1.train", "-m", "model=linear", "optimizer.lr=0.01,0.03", "trainer=cpu",
