@@ -16,6 +16,7 @@ epochs. Uses the real Fashion-MNIST in paths.data_dir when present, else generat
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -56,7 +57,9 @@ class HandLoop:
 
 
 def sweep(model: str, launcher: str, root: Path, folder: Path, jobs: int, epochs: int) -> dict:
-    """One whole sweep command: its wall time, and each job's wall_time_s from its metrics.json."""
+    """One whole sweep command: its wall time and CPU time (user + system, its child processes too), and each
+    job's wall_time_s from its metrics.json."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds = command_s(["-m", "task1.train", "-m", f"model={model}", f"seed={','.join(map(str, range(jobs)))}",
                          f"trainer.max_epochs={epochs}", f"paths.data_dir={root}", f"hydra.sweep.dir={folder}",
                          *LAUNCHERS[launcher]])
@@ -64,14 +67,16 @@ def sweep(model: str, launcher: str, root: Path, folder: Path, jobs: int, epochs
     done = [m for m in metrics if m.get("status") == "completed" and m.get("epochs") == epochs]
     if len(done) != jobs:
         raise RuntimeError(f"{folder}: {len(done)} of {jobs} jobs completed {epochs} epochs")
-    return {"wall_s": seconds, "job_s": [m["wall_time_s"] for m in metrics]}
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"wall_s": seconds, "cpu_s": cpu, "job_s": [m["wall_time_s"] for m in metrics]}
 
 
 def bench_model(model: str, root: Path, tmp: Path, jobs: int, epochs: int, rounds: int, b_epochs: int) -> dict:
     """Rounds of basic, packed, packed, basic for one model, with B's epochs timed before each command."""
     hand = HandLoop(model, root)
     runs: dict[str, list[dict]] = {name: [] for name in LAUNCHERS}
-    ratios = []
+    ratios, cpu_ratios = [], []
     for r in range(rounds):
         for i, name in enumerate(("basic", "packed", "packed", "basic")):
             hand.epochs(b_epochs)
@@ -79,12 +84,15 @@ def bench_model(model: str, root: Path, tmp: Path, jobs: int, epochs: int, round
             print(f"{model} round {r + 1} {name}: {runs[name][-1]['wall_s']:.1f} s", file=sys.stderr, flush=True)
         basic, packed = runs["basic"][-2:], runs["packed"][-2:]
         ratios += [p["wall_s"] / b["wall_s"] for p, b in zip(packed, basic, strict=True)]  # (A1, B1), (B2, A2)
+        cpu_ratios += [p["cpu_s"] / b["cpu_s"] for p, b in zip(packed, basic, strict=True)]
     b_epoch = statistics.median(hand.seconds)
     member_epoch = [s / epochs for run in runs["packed"] for s in run["job_s"]]
     job_epoch = [s / epochs for run in runs["basic"] for s in run["job_s"]]
     return {"jobs": jobs, "epochs": epochs, "rounds": rounds,
             "wall_s": {name: [run["wall_s"] for run in v] for name, v in runs.items()},
-            "packed/basic": spread(ratios), "B_epoch_s": b_epoch, "B_epochs": len(hand.seconds),
+            "cpu_s": {name: [run["cpu_s"] for run in v] for name, v in runs.items()},
+            "packed/basic": spread(ratios), "packed/basic cpu": spread(cpu_ratios),
+            "B_epoch_s": b_epoch, "B_epochs": len(hand.seconds),
             "member_epoch_s": statistics.median(member_epoch),
             "member/B": spread([s / b_epoch for s in member_epoch]),
             "job_epoch_s": statistics.median(job_epoch),
@@ -93,15 +101,21 @@ def bench_model(model: str, root: Path, tmp: Path, jobs: int, epochs: int, round
 
 def report(result: dict) -> str:
     """The benchmark as a text table."""
-    lines = [f"{result['data']}; ABBA; wall ratios of the neighbouring pairs; epochs: wall_time_s per epoch",
-             f"{'model':<8} {'jobs':>4} {'epochs':>6} {'basic s (median)':>16} {'packed s (median)':>17} "
-             f"{'packed/basic min/med/max':>25} {'B epoch s':>9} {'member/B min/med/max':>21} {'job/B med':>9}"]
+
+    def mmm(r: dict) -> str:
+        return f"{r['min']:.2f}/{r['median']:.2f}/{r['max']:.2f}"
+
+    lines = [f"{result['data']}; basic, packed, packed, basic; ratios of the neighbouring pairs, min/median/max",
+             f"{'model':<8} {'jobs':>4} {'epochs':>6}  {'measure':<26} {'basic':>8} {'packed':>8}  packed/basic"]
     for model, m in result["models"].items():
-        r, mb = m["packed/basic"], m["member/B"]
-        lines.append(f"{model:<8} {m['jobs']:>4} {m['epochs']:>6} {statistics.median(m['wall_s']['basic']):>16.1f} "
-                     f"{statistics.median(m['wall_s']['packed']):>17.1f} "
-                     f"{r['min']:>9.2f}/{r['median']:.2f}/{r['max']:.2f}{'':>5} {m['B_epoch_s']:>9.3f} "
-                     f"{mb['min']:>8.2f}/{mb['median']:.2f}/{mb['max']:.2f}{'':>3} {m['job/B']['median']:>9.2f}")
+        head = f"{model:<8} {m['jobs']:>4} {m['epochs']:>6}  "
+        for key, name in (("wall_s", "wall s (median)"), ("cpu_s", "CPU s (median)")):
+            basic, packed = (statistics.median(m[key][k]) for k in ("basic", "packed"))
+            ratio = m["packed/basic" if key == "wall_s" else "packed/basic cpu"]
+            lines.append(f"{head}{name:<26} {basic:>8.1f} {packed:>8.1f}  {mmm(ratio)}")
+        name = f"epoch / B epoch ({m['B_epoch_s']:.3f} s)"
+        lines.append(f"{head}{name:<26} {m['job/B']['median']:>8.2f} {m['member/B']['median']:>8.2f}  "
+                     f"(member/B {mmm(m['member/B'])})")
     return "\n".join(lines)
 
 

@@ -88,3 +88,27 @@ def test_epoch_sums_count_in_groups_and_resume_exactly():
     moved = EpochSums(whole.total())
     moved.add(torch.tensor(1.0, device="meta"), 1, 1, None, y[:1].to("meta"))
     assert moved.total().device.type == "meta"
+
+
+@pytest.mark.slow
+def test_tiny_pack_benchmark_runs_both_launchers_abba_and_writes_json(tmp_path):
+    out = tmp_path / "bench_pack.json"
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pack.py"), f"paths.output_dir={tmp_path}",
+                             "--tiny", "--models", "softmax"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads(out.read_text())
+    assert bench["data"].startswith("generated") and list(bench["models"]) == ["softmax"]
+    row = bench["models"]["softmax"]
+    assert (row["jobs"], row["epochs"], row["rounds"]) == (3, 2, 1)
+    basic, packed = row["wall_s"]["basic"], row["wall_s"]["packed"]  # basic, packed, packed, basic
+    assert len(basic) == len(packed) == 2 and all(s > 0 for s in basic + packed)
+    assert row["packed/basic"]["all"] == pytest.approx([packed[0] / basic[0], packed[1] / basic[1]])
+    assert row["packed/basic"]["median"] == pytest.approx((packed[0] / basic[0] + packed[1] / basic[1]) / 2)
+    cpu = row["cpu_s"]  # the commands' CPU time, their child processes' (the figures' drawer) too
+    assert all(s > 0 for s in cpu["basic"] + cpu["packed"])
+    cpu_ratios = [p / b for p, b in zip(cpu["packed"], cpu["basic"], strict=True)]
+    assert row["packed/basic cpu"]["all"] == pytest.approx(cpu_ratios)
+    assert row["B_epochs"] == 4 and row["B_epoch_s"] > 0  # one hand-loop epoch before each command
+    assert len(row["member/B"]["all"]) == 6  # 3 members in each of the 2 packed sweeps
+    assert row["member_epoch_s"] == pytest.approx(row["member/B"]["median"] * row["B_epoch_s"])
+    assert "packed/basic" in result.stdout and "softmax" in result.stdout
