@@ -119,6 +119,12 @@ def test_jobs_that_differ_only_in_packable_values_share_a_pack(fake_root, tmp_pa
     # the hand-written twins pack too, among themselves
     scratch = [cfg("model.impl=scratch", "optimizer=sgd_scratch", f"seed={s}") for s in (0, 1)]
     assert packs(scratch, 16) == [[0, 1]]
+    # compared as they resolve: a seed or an init_std that an interpolation carries is still the member's own
+    resolved = [OmegaConf.create(OmegaConf.to_container(OmegaConf.merge(jobs[i], {"output_dir": str(tmp_path)}),
+                                                        resolve=True)) for i in (0, 1, 5)]
+    assert packs(resolved, 16) == [[0, 1, 2]]
+    # synthetic data is drawn from the seed: another seed is other data, another pack
+    assert packs([compose_cfg(*QUIET, "model=linear", f"seed={s}") for s in (0, 1, 0)], 16) == [[0, 2], [1]]
 
 
 @pytest.mark.parametrize(("setting", "said"), [("stack=bmm", "hydra.launcher.stack=bmm is not allowed: expected one "
@@ -238,3 +244,48 @@ def test_a_member_whose_folder_another_process_takes_is_left_to_it_and_the_pack_
     assert files == held["files"]  # byte for byte as the other process took it
     assert list(scratch.iterdir()) == []  # it trained nowhere else (a scratch folder, its result lost)
     assert "| 1 | in use |" in (sweep / "summary.md").read_text()
+
+
+# every model, both implementations, every optimizer and scheduler task1 ships (each at least once), the second
+# member with its own seed and its own values of every hyperparameter its optimizer and scheduler have
+SHIPPED = [("linear", "torch", "sgd", "step", ["optimizer.momentum=0.9", "optimizer.nesterov=true"]),
+           ("linear", "scratch", "sgd_scratch", "none", ["optimizer.momentum=0.9", "optimizer.dampening=0.1",
+                                                         "optimizer.weight_decay=0.001"]),
+           ("softmax", "torch", "adam", "cosine", ["optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-6",
+                                                   "scheduler.eta_min=0.0001"]),
+           ("softmax", "scratch", "sgd_scratch", "multistep", ["optimizer.momentum=0.5", "optimizer.nesterov=true",
+                                                               "scheduler.milestones=[1]", "scheduler.gamma=0.5"]),
+           ("mlp", "torch", "adamw", "onecycle", ["optimizer.weight_decay=0.05", "scheduler.pct_start=0.5",
+                                                  "model.init_std=0.05"]),
+           ("mlp", "scratch", "sgd", "step", ["optimizer.momentum=0.9", "optimizer.weight_decay=0.001",
+                                              "scheduler.gamma=0.3", "scheduler.step_size=3",
+                                              "model.bias_init=normal"])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("model", "impl", "optimizer", "scheduler", "own"), SHIPPED,
+                         ids=["-".join(s[:4]) for s in SHIPPED])
+def test_every_model_implementation_optimizer_and_scheduler_packs_and_each_member_ends_as_its_job(
+        fake_root, tmp_path, model, impl, optimizer, scheduler, own):
+    shared = ["logger=none", "figures.enabled=false", f"model={model}", f"model.impl={impl}",
+              f"optimizer={optimizer}", f"scheduler={scheduler}"]
+    if model == "mlp":
+        shared.append("model.num_hiddens=16")
+    if impl == "scratch" and scheduler == "step":  # a scheduler stepped per batch: the interval is the pack's
+        shared.append("scheduler.interval=step")
+    # (the synthetic data of linear regression is drawn from the seed: its jobs share a pack at one seed)
+    values = [["seed=0"], [f"seed={int(model != 'linear')}", "optimizer.lr=0.02", *own]]
+    cfgs = [job(tmp_path, fake_root, f"m{i}", *shared, *v)[1] for i, v in enumerate(values)]
+    assert len(packs(cfgs, 16)) == 1, "the two jobs share a pack"
+    alone = [train(job(tmp_path, fake_root, f"alone{i}", *shared, *v)[0]) for i, v in enumerate(values)]
+    for stack in ("loop", "vmap"):
+        members = [job(tmp_path, fake_root, f"{stack}{i}", *shared, *v)[1] for i, v in enumerate(values)]
+        for a, p in zip(alone, train_pack(members, stack=stack), strict=True):
+            assert p["status"] == "completed", p.get("error")
+            if stack == "loop":
+                assert p["history"] == a["history"] and p["final"] == a["final"]
+                continue
+            for key, value in a["final"].items():
+                tolerance = 0.003 if key.endswith("/acc") else 1e-4 * abs(value) + 1e-12
+                assert abs(p["final"][key] - value) <= tolerance, (stack, key, p["final"][key], value)
+    assert alone[0]["final"] != alone[1]["final"]  # the second member's values took effect

@@ -150,6 +150,8 @@ class ArraysData(InMemoryData):
     """The arrays of the user's file (module docstring), held in memory; `val_size` training examples held out
     with a seeded split (`split_seed`), or `val_size=0`: validate on the test split, as Fashion-MNIST does."""
 
+    seed_draws_data = False  # the seed orders the training batches alone
+
     def __init__(self, path: str, task: str = "classification", batch_size: PositiveInt = 256,
                  val_size: NonNegativeInt = 0, eval_batch_size: PositiveInt = 10_000, split_seed: int = 0,
                  seed: int | None = None, on_device: bool = True):

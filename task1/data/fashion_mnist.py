@@ -193,6 +193,8 @@ class FashionMNIST(InMemoryData):
 
     labels = LABELS
 
+    seed_draws_data = False  # the seed orders the training batches alone
+
     def __init__(self, root: Folder = "data", batch_size: PositiveInt = 256, val_size: NonNegativeInt = 0,
                  eval_batch_size: PositiveInt = 10_000, download: bool = True, split_seed: int = 0,
                  seed: int | None = None, on_device: bool = True):

@@ -86,6 +86,9 @@ class InMemoryData:
     """
 
     labels: tuple[str, ...] | None = None  # the class names, for classification data
+    # whether `seed` draws the data itself (synthetic data) rather than only the order of the training batches:
+    # jobs of different seeds share one data set in a packed run only where it does not (task1.pack.grouping)
+    seed_draws_data = True
 
     def __init__(self, batch_size: int, eval_batch_size: int, seed: int | None, on_device: bool = True):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
