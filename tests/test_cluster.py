@@ -636,3 +636,22 @@ def test_a_pack_longer_than_its_time_limit_is_requeued_and_resumes_exactly(slurm
         assert "SIGUSR2: the time limit is near: requeueing SLURM job" in said, said[-3000:]
         assert "resuming after epoch" in log(tmp_path / "slurm" / "0")
         assert finals(tmp_path / "slurm") == uninterrupted.result()
+
+
+def test_a_pack_on_a_lost_node_is_requeued_by_slurm_and_resumes_exactly(slurm, long_packs, tmp_path):
+    args, uninterrupted = long_packs
+    command = start(slurm, tmp_path, *args)
+    wait_for(lambda: (tmp_path / "1" / "checkpoints" / "pack_state.ckpt").is_file())
+    job = (tmp_path / "0" / ".slurm_job").read_text().strip()
+    node = subprocess.run(["squeue", "-h", "-j", job, "-o", "%N"], capture_output=True, text=True, env=slurm).stdout
+    cluster = [str(ROOT / "scripts" / "cluster.sh")]
+    subprocess.run([*cluster, "lose", node.strip()], env=slurm, check=True)  # its processes SIGKILLed, node down
+    try:
+        time.sleep(3)
+    finally:
+        subprocess.run([*cluster, "restore", node.strip()], env=slurm, check=True)
+    out = command.communicate(timeout=600)[0]
+    assert command.returncode == 0 and "4 jobs, 0 not completed" in out, out[-3000:]
+    for member in ("0", "1"):
+        assert "resuming after epoch" in log(tmp_path / member)
+    assert finals(tmp_path) == uninterrupted
