@@ -6,12 +6,14 @@
 For each model it runs, each in a fresh sweep folder, with the defaults (figures, TensorBoard, checkpoints, the test):
   basic   python -m task1.train -m model=M seed=0,...,J-1 trainer.max_epochs=E
   packed  the same with hydra/launcher=packed (one pack of J members, stack=loop)
-in ABBA order (basic, packed, packed, basic; `--rounds` times), and prints the wall-time ratios packed/basic of
-the neighbouring pairs (min/median/max). Between the commands it times epochs of the hand loop B of
-scripts/bench.py (in this process, one thread, the same net, batch and data; its test accuracy over the test
-split, as a member validates on it) and sets a member's epoch against it: a member's `wall_time_s` (what it cost
-the pack: its epochs with their validation and checkpoints, its share of reading the data, its test) over its
-epochs. Uses the real Fashion-MNIST in paths.data_dir when present, else generated data of the same shape.
+in ABBA order (basic, packed, packed, basic; `--rounds` times), and prints the ratios packed/basic of the
+neighbouring pairs (min/median/max), of wall time and of CPU time (user + system, the commands' child processes
+too: on a shared machine the load moves wall times much more). Between the commands it times epochs of the hand
+loop B of scripts/bench.py (in this process, one thread, the same net, batch and data; its test accuracy over the
+test split, as a member validates on it) and sets a member's epoch against it: a member's `wall_time_s` (what it
+cost the pack: its epochs with their validation and checkpoints, its share of reading the data, its test) over its
+epochs; and the packed command's CPU time over its member-epochs against B's CPU time per epoch. Uses the real
+Fashion-MNIST in paths.data_dir when present, else generated data of the same shape.
 """
 
 import argparse
@@ -20,6 +22,7 @@ import resource
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -49,11 +52,16 @@ class HandLoop:
         self.net = instantiate(cfg.model.net)
         self.opt = torch.optim.SGD(self.net.parameters(), lr=cfg.optimizer.lr)
         self.seconds: list[float] = []
+        self.cpu_seconds: list[float] = []  # this process's CPU time of each epoch (one thread: the load moves it less)
         self.epochs(1)  # warm-up, not counted
         self.seconds.clear()
+        self.cpu_seconds.clear()
 
     def epochs(self, n: int) -> None:
-        self.seconds += [plain_epoch(self.net, self.opt, self.batches, self.test)[1] for _ in range(n)]
+        for _ in range(n):
+            cpu = time.process_time()
+            self.seconds.append(plain_epoch(self.net, self.opt, self.batches, self.test)[1])
+            self.cpu_seconds.append(time.process_time() - cpu)
 
 
 def sweep(model: str, launcher: str, root: Path, folder: Path, jobs: int, epochs: int) -> dict:
@@ -85,14 +93,16 @@ def bench_model(model: str, root: Path, tmp: Path, jobs: int, epochs: int, round
         basic, packed = runs["basic"][-2:], runs["packed"][-2:]
         ratios += [p["wall_s"] / b["wall_s"] for p, b in zip(packed, basic, strict=True)]  # (A1, B1), (B2, A2)
         cpu_ratios += [p["cpu_s"] / b["cpu_s"] for p, b in zip(packed, basic, strict=True)]
-    b_epoch = statistics.median(hand.seconds)
+    b_epoch, b_cpu = statistics.median(hand.seconds), statistics.median(hand.cpu_seconds)
     member_epoch = [s / epochs for run in runs["packed"] for s in run["job_s"]]
     job_epoch = [s / epochs for run in runs["basic"] for s in run["job_s"]]
     return {"jobs": jobs, "epochs": epochs, "rounds": rounds,
             "wall_s": {name: [run["wall_s"] for run in v] for name, v in runs.items()},
             "cpu_s": {name: [run["cpu_s"] for run in v] for name, v in runs.items()},
             "packed/basic": spread(ratios), "packed/basic cpu": spread(cpu_ratios),
-            "B_epoch_s": b_epoch, "B_epochs": len(hand.seconds),
+            "B_epoch_s": b_epoch, "B_epochs": len(hand.seconds), "B_epoch_cpu_s": b_cpu,
+            # the whole packed command's CPU time over its member-epochs: start-up, data, test and files included
+            "packed_cpu/B_cpu": spread([r["cpu_s"] / (jobs * epochs) / b_cpu for r in runs["packed"]]),
             "member_epoch_s": statistics.median(member_epoch),
             "member/B": spread([s / b_epoch for s in member_epoch]),
             "job_epoch_s": statistics.median(job_epoch),
@@ -116,6 +126,9 @@ def report(result: dict) -> str:
         name = f"epoch / B epoch ({m['B_epoch_s']:.3f} s)"
         lines.append(f"{head}{name:<26} {m['job/B']['median']:>8.2f} {m['member/B']['median']:>8.2f}  "
                      f"(member/B {mmm(m['member/B'])})")
+        name = f"CPU / B epoch ({m['B_epoch_cpu_s']:.3f} s)"
+        lines.append(f"{head}{name:<26} {'':>8} {m['packed_cpu/B_cpu']['median']:>8.2f}  "
+                     f"(packed CPU s / member-epochs / B's; {mmm(m['packed_cpu/B_cpu'])})")
     return "\n".join(lines)
 
 

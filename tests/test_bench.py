@@ -109,6 +109,7 @@ def test_tiny_pack_benchmark_runs_both_launchers_abba_and_writes_json(tmp_path):
     cpu_ratios = [p / b for p, b in zip(cpu["packed"], cpu["basic"], strict=True)]
     assert row["packed/basic cpu"]["all"] == pytest.approx(cpu_ratios)
     assert row["B_epochs"] == 4 and row["B_epoch_s"] > 0  # one hand-loop epoch before each command
+    assert row["packed_cpu/B_cpu"]["all"] == pytest.approx([s / 6 / row["B_epoch_cpu_s"] for s in cpu["packed"]])
     assert len(row["member/B"]["all"]) == 6  # 3 members in each of the 2 packed sweeps
     assert row["member_epoch_s"] == pytest.approx(row["member/B"]["median"] * row["B_epoch_s"])
     assert "packed/basic" in result.stdout and "softmax" in result.stdout
