@@ -149,6 +149,7 @@ class EpochTimer(Callback):
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        synchronize(pl_module.device)
         self.seconds.append(time.perf_counter() - self.start)
 
 
