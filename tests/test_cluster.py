@@ -655,3 +655,23 @@ def test_a_pack_on_a_lost_node_is_requeued_by_slurm_and_resumes_exactly(slurm, l
     for member in ("0", "1"):
         assert "resuming after epoch" in log(tmp_path / member)
     assert finals(tmp_path) == uninterrupted
+
+
+def test_a_search_on_slurm_sends_each_batch_of_trials_as_one_pack_and_ends_as_the_local_packed_search(slurm, small,
+                                                                                                    tmp_path):
+    from test_packed_search import PACKED as SEARCH_PACKED
+    from test_packed_search import trials_of
+
+    # 8 trials, n_jobs=4: two batches, each one SLURM job of a pack of 4; the local packed search is the reference
+    args = [*SEARCH_PACKED, f"data.root={small}", "threads=1", "hydra.launcher.pack=4"]
+    local = run_cli("--multirun", *args, "hydra/launcher=packed", f"hydra.sweep.dir={tmp_path / 'local'}")
+    assert local.returncode == 0, (local.stdout + local.stderr)[-3000:]
+    result = sweep(slurm, tmp_path / "slurm", *args)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "trials: batches of 4 (SlurmLauncher)" in out and out.count("pack of 4:") == 2, out[-3000:]
+    tasks = [p.name for p in (tmp_path / "slurm" / ".submitit").iterdir()]
+    assert len([t for t in tasks if t.replace("_", "").isdigit()]) == 2, tasks  # a folder per SLURM job
+    # each member reported to its own trial from its SLURM job: the study equals the local one, values and all
+    assert trials_of(tmp_path / "slurm") == trials_of(tmp_path / "local")
+    assert {t[2].name for t in trials_of(tmp_path / "slurm")} == {"PRUNED", "COMPLETE"}

@@ -72,6 +72,10 @@ class PackedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
+    @property
+    def pack_size(self) -> int:
+        return self.pack
+
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:
         return self.run([(initial_job_idx + i, list(o)) for i, o in enumerate(job_overrides)])
 

@@ -26,6 +26,11 @@ class LauncherDoor:
     def launch(self, job_overrides, initial_job_idx: int):
         return self.launcher.launch(job_overrides, initial_job_idx)
 
+    @property
+    def pack_size(self) -> int:
+        """The most jobs the launcher trains as one pack (1: it does not pack)."""
+        return getattr(self.launcher, "pack_size", 1)
+
     def interrupted(self) -> None:
         """Ctrl-C while a search's trials wait in other threads (task1.sweeps.launching), where the launcher
         has something to do then."""

@@ -19,9 +19,11 @@ the main thread. task1's SLURM launcher composes and submits one launch at a tim
 jobs side by side; Ctrl-C ends every wait (the jobs go on). task1's joblib launcher (hydra/launcher=joblib) stops
 its jobs where they stand on Ctrl-C, and they return. A launcher not known here gets batches, as Hydra's own
 sweepers give it; so does task1's packed launcher (hydra/launcher=packed), on purpose: a batch of n_jobs trials
-is what it trains as one pack, in this process and thread (task1.pack.launcher). Trials that an earlier start left
-unfinished are launched again in runs of consecutive numbers, a batch at most, so that a pack stopped mid-run goes
-on as one pack. Whatever ends a launch, a trial is told what its job's folder says (task1.sweeps.search).
+is what it trains as one pack, in this process and thread (task1.pack.launcher); and so does task1's SLURM
+launcher with `hydra.launcher.pack` > 1, whose batch is one SLURM job per pack (task1.sweeps.slurm_packs).
+Trials that an earlier start left unfinished are launched again in runs of consecutive numbers, a batch at most,
+so that a pack stopped mid-run goes on as one pack. Whatever ends a launch, a trial is told what its job's
+folder says (task1.sweeps.search).
 """
 
 import itertools
@@ -51,6 +53,8 @@ def mode(launcher: Any, asynchronous: bool) -> str:
         return "batches"
     if type(launcher).__name__ == "BasicLauncher":
         return "one at a time"
+    if getattr(launcher, "pack_size", 1) > 1:  # trials that are to share a pack are launched together
+        return "batches"
     return "asynchronous" if type(launcher).__module__.startswith(ELSEWHERE) else "batches"
 
 

@@ -151,6 +151,11 @@ class SlurmLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
+    @property
+    def pack_size(self) -> int:
+        """hydra.launcher.pack: the most sweep jobs in one SLURM job (task1.sweeps.slurm_packs)."""
+        return int(self.params.get("pack") or 1)
+
     # --- the submitting command
 
     def launch(self, job_overrides, initial_job_idx: int) -> list[JobReturn]:

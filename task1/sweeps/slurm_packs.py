@@ -69,12 +69,9 @@ def units(launcher, jobs: list) -> list[tuple[list, Any, tuple]]:
 def _alone(job) -> str | None:
     """Why `job` is a SLURM job of its own (None: it goes in a pack)."""
     from task1.pack.launcher import alone_reason
-    from task1.sweeps.context import is_search
 
     if "trainer" not in job.cfg or "optimizer" not in job.cfg:
         return "not a task1 training job"
-    if is_search(job.cfg.hydra):  # a search's trials on SLURM are not packed (yet): each is a job of its own
-        return "a trial of a search"
     return alone_reason(job)
 
 
