@@ -329,13 +329,13 @@ def run_metrics(status: str, seed: int | None, system: System, max_epochs: int, 
 
 
 def report_run(out: Path, config: dict, metrics: dict, loggers: list, global_step: int,
-               logger: logging.Logger = log) -> None:
+               logger: logging.Logger = log, settled: bool = False) -> None:
     """What a run that trained to its end writes beside its checkpoints: `metrics.json`, its figures, the
     loggers' final record (task1.core.hparams), and its final lines in the log. `config` is the run's resolved
-    config (as its checkpoints keep it)."""
+    config (as its checkpoints keep it); `settled`: its prediction figures are on disk already."""
     figures = (config.get("figures") or {}).get("enabled")
-    if figures:  # the prediction figures need the model: on disk before metrics.json says the job is over (a
-        drawer.settle()  # restart reuses it); the curves, if lost, are drawn again from metrics.json on reuse
+    if figures and not settled:  # the prediction figures need the model: on disk before metrics.json says the job
+        drawer.settle()  # is over (a restart reuses it); the curves, if lost, are drawn again from metrics.json
     write_json(out / "metrics.json", metrics)
     if figures:
         drawer.draw_run_figures(metrics, out)

@@ -205,11 +205,12 @@ class Member:
                                                "wall_time_s": round(self.seconds, 3)})
         self.close_log()
 
-    def finish(self, test: dict[str, float]) -> dict:
+    def finish(self, test: dict[str, float], settled: bool = False) -> dict:
         """metrics.json, the loggers' final record, the figures: what task1.core.build.fit writes, built and written
         by the same functions (its loop is the automatic one written out; the pack stops no member early but a
         pruned one, whose test split stays unseen, as a pruned job's; its trial is told once its files are
-        written, so that a pack stopped in between leaves the trial to the search, which reads the folder)."""
+        written, so that a pack stopped in between leaves the trial to the search, which reads the folder). `settled`:
+        the pack has waited for the figures already (task1.pack.trainer)."""
         status = "pruned" if self.pruned else "completed"
         metrics = run_metrics(status, self.cfg.seed, self.system, self.max_epochs, False, self.seconds,
                               final_metrics(self.history, test), self.data, self.predictions, self.origin)
@@ -220,7 +221,8 @@ class Member:
         # go on from the pack's state; a finished run is never resumed
         self.save("last.ckpt", len(self.history) - 1)
         with _Choices(self.choices):  # the job's choices, where log_final reads them
-            report_run(self.out, self.system.hparams["config"], metrics, self.loggers, self.global_step, self.log)
+            report_run(self.out, self.system.hparams["config"], metrics, self.loggers, self.global_step, self.log,
+                       settled)
         for logger in self.loggers:
             logger.finalize("success")
         self.close_log()

@@ -80,19 +80,25 @@ def train_pack(cfgs: list[DictConfig], choices: list[dict | None] | None = None,
             if member.result is None:  # (a failed or pruned one is over)
                 member.interrupted()
         raise
-    results = []
+    tested = []  # each member's test first, its figures queued; then one wait for all of them (not one a member)
     for member in members:
         if member.result is not None:  # failed, or pruned: its files are written
-            results.append(member.result)
             continue
         try:
             with timed([member]):
-                test = evaluate([member], data.splits["test"], first.data.eval_batch_size, stack, "test")[0]
-            results.append(member.finish(test))
+                tested.append((member, evaluate([member], data.splits["test"], first.data.eval_batch_size, stack,
+                                                "test")[0]))
         except Exception as e:  # this member's files: the others still end
             member.fail(e)
-            results.append(member.result)
+    with timed([m for m, _ in tested]):
+        drawer.settle()  # the prediction figures on disk before any metrics.json says its run is over
+    for member, test in tested:
+        try:
+            member.finish(test, settled=True)
+        except Exception as e:
+            member.fail(e)
     drawer.settle()  # every member's figures on disk, as train() leaves a run's
+    results = [m.result for m in members]
     done = iter(results)
     return [refused[i] if i in refused else next(done) for i in range(len(cfgs))]
 
