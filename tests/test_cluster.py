@@ -624,9 +624,10 @@ def test_a_bad_pack_setting_is_one_line_before_anything_is_submitted(small, tmp_
 
 
 def test_a_pack_longer_than_its_time_limit_is_requeued_and_resumes_exactly(slurm, small, tmp_path):
-    # a pack of some 70 s here: the warning (15 s before the 1-minute limit) stops its first start
+    # a pack of 2-4 minutes here (35 s for 250 epochs on a quiet machine, 70 s on a loaded one): the warning (15 s
+    # before the 1-minute limit) stops its first start, whatever the load
     args = [f"paths.data_dir={small}", *QUIET, "model=mlp", "model.num_hiddens=32", "data.batch_size=16",
-            "trainer.max_epochs=250", "seed=0,1", "hydra.launcher.pack=2"]
+            "trainer.max_epochs=1000", "seed=0,1", "hydra.launcher.pack=2"]
     with ThreadPoolExecutor(1) as pool:
         uninterrupted = pool.submit(packed_reference, tmp_path / "local", *args)
         result = sweep(slurm, tmp_path / "slurm", *args, "hydra.launcher.timeout_min=1")

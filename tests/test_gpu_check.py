@@ -66,7 +66,9 @@ def test_a_step_out_of_time_says_so_in_its_row_and_the_rest_still_print(tmp_path
     assert list(rows) == PARTS, result.stdout
     assert all(status == "FAILED" and wall == peak == "-" for status, wall, peak, _ in rows.values())
     assert rows[PARTS[0]][3].startswith("timed out after")
-    assert rows[PARTS[2]][3].startswith("no ") and "32-true run did not end" in rows[PARTS[2]][3]
+    # eval needs the 32-true run's checkpoint; on a loaded machine the budget may be spent before it looks
+    assert (rows[PARTS[2]][3].startswith("no ") and "32-true run did not end" in rows[PARTS[2]][3]) or \
+        rows[PARTS[2]][3] == "not run: the 6 s budget is spent", rows[PARTS[2]]
     assert rows[PARTS[-1]][3] == "not run: the 6 s budget is spent"
 
 

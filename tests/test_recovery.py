@@ -257,3 +257,15 @@ def test_a_joblib_job_takes_one_ctrl_c_also_when_lightning_put_its_handler_back(
     assert result.returncode == 0 and "stopped: Stopped by a signal during epoch 1" in out, out[-3000:]
     assert "the second went by" in out and "Traceback" not in out, out[-3000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "interrupted"
+
+
+def test_a_ctrl_c_that_lands_in_a_finalizer_of_a_joblib_job_prints_no_traceback_and_other_errors_still_show():
+    # what Python does with an exception in a __del__: sys.unraisablehook; a joblib job installs task1's
+    code = ("import sys\nfrom hydra_plugins.task1_joblib.launcher import quiet_unraisable\n"
+            "sys.unraisablehook = quiet_unraisable\n"
+            "class Stopped:\n    def __del__(self):\n        raise KeyboardInterrupt\n"
+            "class Broken:\n    def __del__(self):\n        raise ValueError('a real fault')\n"
+            "Stopped()\nBroken()\nprint('went on')\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "went on\n"
+    assert "KeyboardInterrupt" not in result.stderr and "ValueError: a real fault" in result.stderr, result.stderr

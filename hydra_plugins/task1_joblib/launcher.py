@@ -19,6 +19,7 @@ come in when a sweep is launched.
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,7 @@ class Job:
             if os.path.exists(self.stop_file):
                 return None  # the command stopped before this job began: record_stop says so in its folder
             signal.signal(signal.SIGINT, _once())
+            sys.unraisablehook = quiet_unraisable
             try:
                 return self.task_function(cfg)
             except KeyboardInterrupt:  # before the job's training took it: its folder says where it stands
@@ -121,6 +123,13 @@ def _once() -> Callable[[int, Any], None]:
             raise KeyboardInterrupt
 
     return handler
+
+
+def quiet_unraisable(unraisable: Any) -> None:
+    """A Ctrl-C that lands in a finalizer (a `__del__` of Lightning's run between two jobs) cannot stop anything
+    there: Python would print it as a traceback among the job's lines. Say nothing; any other error as Python does."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
 
 
 def children() -> list[int]:
