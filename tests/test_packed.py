@@ -157,6 +157,20 @@ def sweep_args(root, sweep) -> list[str]:
             f"hydra.sweep.dir={sweep}"]
 
 
+def stop_after_an_epoch(args: list[str], sweep, members: int, sig: int) -> None:
+    """`python -m task1.train <args>` started, and sent `sig` once each of the pack's `members` (folders 0, 1, ...
+    of `sweep`) has ended an epoch, a moment into the next one; the command did not end well."""
+    proc = subprocess.Popen([sys.executable, "-m", "task1.train", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    states = [sweep / str(n) / "checkpoints" / "pack_state.ckpt" for n in range(members)]
+    deadline = time.monotonic() + 300
+    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(sig)
+    assert proc.wait() != 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninterrupted_one_ends(tmp_path, sig):
@@ -166,16 +180,7 @@ def test_a_packed_sweep_killed_mid_epoch_resumes_every_member_to_where_an_uninte
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "Launching 4 jobs: 4 in 1 pack, 0 alone" in result.stdout + result.stderr
 
-    cmd = [sys.executable, "-m", "task1.train", *sweep_args(root, killed)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    states = [killed / str(n) / "checkpoints" / "pack_state.ckpt" for n in range(4)]
-    deadline = time.monotonic() + 300
-    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the next epoch
-    proc.send_signal(sig)
-    assert proc.wait() != 0
+    stop_after_an_epoch(sweep_args(root, killed), killed, 4, sig)
     said = [json.loads(p.read_text()) for p in killed.glob("*/metrics.json")]
     assert not any(m["status"] == "completed" for m in said), "the pack ended before it was killed: use more data"
     if sig == signal.SIGTERM:  # each member's folder says it was stopped, and how to go on

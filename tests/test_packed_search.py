@@ -6,18 +6,14 @@ val/acc 0.5 and are pruned after their second epoch, trials at lr 0.5 pass it an
 """
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import optuna
 import pytest
 import torch
-from conftest import ROOT, make_fashion_mnist, run_cli
+from conftest import make_fashion_mnist, run_cli
 from optuna.trial import TrialState
-from test_packed import files, job
+from test_packed import files, job, stop_after_an_epoch
 from test_search import SEARCH, study_of
 from test_sweeps import jobs_of, sweep_cli
 
@@ -119,17 +115,8 @@ def test_a_pack_of_trials_killed_mid_run_goes_on_to_the_study_an_uninterrupted_s
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     sweep_cli(*args, "hydra/launcher=packed", f"hydra.sweep.dir={whole}")
 
-    cmd = [sys.executable, "-m", "task1.train", "--multirun", *args, "hydra/launcher=packed",
-           f"hydra.sweep.dir={killed}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    states = [killed / str(n) / "checkpoints" / "pack_state.ckpt" for n in range(4)]
-    deadline = time.monotonic() + 300
-    while not all(s.exists() for s in states) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into the second epoch
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() != 0
+    stop_after_an_epoch(["--multirun", *args, "hydra/launcher=packed", f"hydra.sweep.dir={killed}"], killed, 4,
+                        signal.SIGKILL)
     assert not any(json.loads(p.read_text())["status"] == "completed" for p in killed.glob("*/metrics.json")), \
         "the pack ended before it was killed: use more data"
     left = [t.number for t in study_of(killed).trials if t.state == TrialState.RUNNING]
