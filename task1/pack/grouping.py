@@ -11,6 +11,7 @@ import json
 
 from omegaconf import DictConfig, OmegaConf
 
+from task1 import Task1Error
 from task1.core.config import entries
 
 STACKS = ("loop", "vmap")  # the ways a pack takes a step (task1.pack.trainer)
@@ -20,6 +21,12 @@ TRAINER = {"_target_": None, "accelerator": None, "max_epochs": None, "log_every
            "devices": (1, "1", "auto"), "precision": ("32-true", "32", 32), "check_val_every_n_epoch": (1,)}
 # keys whose values each member keeps as its own (removed from the pack's key)
 OWN = ("seed", "output_dir", "logger", "figures", "checkpoint_every_n_steps", "optimized_metric")
+
+
+def check_stack(stack: str) -> None:
+    """`hydra.launcher.stack` refused in one line (a Task1Error) unless it is one of STACKS."""
+    if stack not in STACKS:
+        raise Task1Error(f"hydra.launcher.stack={stack} is not allowed: expected one of {', '.join(STACKS)}.")
 
 
 def unpackable(cfg: DictConfig) -> str | None:

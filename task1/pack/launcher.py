@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from task1 import Task1Error, cli
 from task1.io import FolderInUseError
 from task1.pack import PACK_STATE
-from task1.pack.grouping import STACKS, packs, unpackable
+from task1.pack.grouping import check_stack, packs, unpackable
 from task1.sweeps import folders
 from task1.sweeps.context import in_search
 
@@ -82,9 +82,10 @@ class PackedLauncher(Launcher):
     def run(self, numbered: list[tuple[int, list[str]]]) -> list[JobReturn]:
         """The jobs (number, overrides) in packs, and alone those that cannot be packed; their results in order.
         A SLURM job of a packed sweep runs its pack with this (task1.sweeps.slurm)."""
-        if self.stack not in STACKS:
-            cli.fail(Task1Error(f"hydra.launcher.stack={self.stack} is not allowed: expected one of "
-                                f"{', '.join(STACKS)}."))
+        try:
+            check_stack(self.stack)
+        except Task1Error as e:
+            cli.fail(e)
         if self.pack < 1:
             cli.fail(Task1Error(f"hydra.launcher.pack={self.pack} is not allowed: expected the most members in a "
                                 f"pack, 1 or more."))

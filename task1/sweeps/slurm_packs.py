@@ -39,14 +39,13 @@ log = logging.getLogger("task1")
 
 def checked(params: dict[str, Any]) -> tuple[int, str]:
     """hydra.launcher.pack and hydra.launcher.stack, refused in one line before anything is submitted."""
-    from task1.pack.grouping import STACKS
+    from task1.pack.grouping import check_stack
 
     pack, stack = params.get("pack", 1), str(params.get("stack", "loop"))
     if isinstance(pack, bool) or not isinstance(pack, int) or pack < 1:
         raise Task1Error(f"hydra.launcher.pack={pack} is not allowed: expected the most members in a pack (one "
                          f"SLURM job), 1 or more (1: one SLURM job per sweep job).")
-    if stack not in STACKS:
-        raise Task1Error(f"hydra.launcher.stack={stack} is not allowed: expected one of {', '.join(STACKS)}.")
+    check_stack(stack)
     return pack, stack
 
 
